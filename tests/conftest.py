@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny CIFAR-10 in torchvision's own file format, and script loading."""
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_tiny_cifar(root, per_batch=60, n_test=100, seed=0):
+    """cifar-10-batches-py/ with 5 train batches of `per_batch` images and a test batch,
+    pickled exactly as the real files are (data: (N, 3072) uint8 rows, labels: list)."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+
+    def batch(name, n):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump({"batch_label": name, "data": data, "labels": labels}, f)
+        return data, labels
+
+    train = [batch(f"data_batch_{i}", per_batch) for i in range(1, 6)]
+    test = batch("test_batch", n_test)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": CLASSES}, f)
+    return train, test
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path, monkeypatch):
+    """A tiny CIFAR-10 in tmp_path, readable by the real torchvision loader: only its
+    md5 check is patched, since our files cannot match the official sums."""
+    import torchvision.datasets.cifar as cifar
+
+    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    train, test = write_tiny_cifar(str(tmp_path))
+    return str(tmp_path), train, test
+
+
+def load_script(name):
+    """Import a numbered script (its name starts with a digit) as a module."""
+    path = os.path.join(ROOT, name)
+    spec = importlib.util.spec_from_file_location(name[:-3].lstrip("0123456789_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(*args, timeout=240):
+    """Run a script as a student would, offline; returns the CompletedProcess."""
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)

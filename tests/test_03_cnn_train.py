@@ -1,0 +1,136 @@
+"""03_cnn_train.py: options, outputs, failures, as a student runs it."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, load_script, run_script
+
+cnn_train = load_script("03_cnn_train.py")
+QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "256", "--no-download")
+
+
+@pytest.mark.parametrize("bad", [
+    ["--lr", "-0.1"], ["--lr", "0"], ["--epochs", "0"], ["--train-batch-size", "0"],
+    ["--test-batch-size", "-2"], ["--optim", "Adagrad"], ["--l2", "-1"], ["--data", "mnist"],
+    ["--lr", "0.1", "0.1"], ["--lr", "nan"],
+])
+def test_parser_refuses_nonsense(bad, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cnn_train.parse_args(bad)
+    assert exit_.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_help_lists_every_option_with_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cnn_train.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--exp-name", "--optim", "--momentum", "--lr", "--l2", "--epochs",
+                   "--train-batch-size", "--test-batch-size", "--seed", "--device", "--data",
+                   "--data-dir", "--no-download", "--out-dir", "--augment", "--schedule",
+                   "--save-model", "--show", "--benchmark", "--lecture"):
+        assert option in text
+    assert "(default: 40)" in text and "(default: 128)" in text
+
+
+def test_lecture_flag_restores_the_notebook_settings():
+    args = cnn_train.parse_args(["--lecture"])
+    assert (args.optim, args.lr, args.momentum, args.l2, args.augment, args.schedule) == \
+        ("SGD", [1e-3], 0.0, 1e-5, False, "none")
+
+
+def test_run_writes_every_output(tmp_path):
+    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), "--save-model")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("DATA: SYNTHETIC")
+    assert "Epoch 0, Acc(train/val):" in proc.stdout
+    assert "per-class test accuracy: disk" in proc.stdout
+    folder = tmp_path / "cnn"
+    for name in ("loss.png", "accuracy.png", "confusion.png", "filters.png", "result.json",
+                 "model.pt"):
+        assert (folder / name).stat().st_size > 0, name
+    record = json.loads((folder / "result.json").read_text())
+    assert record["data"] == "synthetic" and record["status"] == "completed"
+    assert record["device"] == "cpu" and record["seconds_per_epoch"] > 0
+    for key in ("train_losses", "val_losses", "train_accs", "val_accs",
+                "train_acc", "val_acc", "test_acc"):
+        assert key in record["result"]
+    assert len(record["result"]["val_accs"]) == 1
+    assert set(record["per_class_test_acc"]) == {"disk", "ring", "square", "frame",
+                                                 "triangle", "diamond", "plus", "cross",
+                                                 "h-stripes", "v-stripes"}
+    import torch
+    saved = torch.load(folder / "model.pt")
+    net = cnn_train.CNN()
+    net.load_state_dict(saved["state_dict"])
+    assert saved["settings"]["lr"] == record["settings"]["lr"]
+    assert not list(folder.glob(".tmp-*"))
+
+
+def test_several_lrs_give_one_run_each_and_a_comparison(tmp_path):
+    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path),
+                      "--exp-name", "exp1_lr", "--lr", "0.05", "0.01")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "exp1_lr_lr0.05" / "result.json").exists()
+    assert (tmp_path / "exp1_lr_lr0.01" / "result.json").exists()
+    assert (tmp_path / "exp1_lr_lr.png").stat().st_size > 0
+
+
+def test_missing_cifar_exits_2_with_one_line(tmp_path):
+    proc = run_script("03_cnn_train.py", "--data", "cifar10", "--no-download",
+                      "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: CIFAR-10")
+    assert str(tmp_path) in lines[0] and "cifar-10-python.tar.gz" in lines[0]
+
+
+def test_bad_option_exits_2_with_usage():
+    proc = run_script("03_cnn_train.py", "--epochs", "0")
+    assert proc.returncode == 2
+    assert "--epochs: must be a positive integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_huge_lr_is_reported_as_diverged(tmp_path):
+    proc = run_script("03_cnn_train.py", *QUICK, "--epochs", "3", "--lr", "1e12",
+                      "--out-dir", str(tmp_path))
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "try a smaller --lr" in proc.stdout
+    record = json.loads((tmp_path / "cnn" / "result.json").read_text())
+    assert record["status"] == "diverged"
+    assert (tmp_path / "cnn" / "loss.png").exists()
+
+
+def test_ctrl_c_saves_and_exits_130(tmp_path):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "03_cnn_train.py", "--data", "synthetic", "--limit", "256",
+         "--epochs", "1000", "--out-dir", str(tmp_path)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait until one epoch is done
+            if line.startswith("Epoch 1,"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    record = json.loads((tmp_path / "cnn" / "result.json").read_text())
+    assert record["status"] == "interrupted"
+    assert len(record["result"]["train_losses"]) >= 2
+
+
+def test_benchmark_prints_both_times_and_ratio():
+    proc = run_script("03_cnn_train.py", "--benchmark", *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    assert "project data path" in proc.stdout and "notebook data path" in proc.stdout
+    assert "ratio (project / notebook):" in proc.stdout

@@ -1,0 +1,199 @@
+"""common.py: data, batches, augmentation and the train / validate / test loop."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import common
+from conftest import load_script
+
+CNN = load_script("03_cnn_train.py").CNN
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_tiny_cifar_through_torchvision_loader(tiny_cifar):
+    root, train, test = tiny_cifar
+    part = common.get_data("cifar10", root, download=False, log=lambda *_: None)
+    assert part["kind"] == "cifar10"
+    assert part["classes"] == list(common.CLASSES)
+    # 300 train images -> 240 train / 60 val (the lecture's 4:1), test untouched
+    assert [len(part[s][1]) for s in ("train", "val", "test")] == [240, 60, 100]
+    for split in ("train", "val", "test"):
+        x, y = part[split]
+        assert x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32)
+        assert y.dtype == torch.long
+    # the test images are the pickled rows, reshaped (3, 32, 32) as CIFAR stores them
+    data, labels = test
+    assert torch.equal(part["test"][0], torch.from_numpy(data.reshape(-1, 3, 32, 32)))
+    assert part["test"][1].tolist() == labels
+    # train + val together are exactly the 300 training images, none twice
+    all_rows = np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32)
+    seen = torch.cat([part["train"][0], part["val"][0]]).flatten(1)
+    expect = torch.from_numpy(all_rows).flatten(1)
+    assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, expect.tolist()))
+
+
+def test_split_is_seeded(tiny_cifar):
+    root = tiny_cifar[0]
+    a = common.get_data("cifar10", root, download=False)
+    b = common.get_data("cifar10", root, download=False)
+    assert torch.equal(a["val"][0], b["val"][0])
+
+
+def test_missing_cifar_raises_one_clear_line(tmp_path):
+    with pytest.raises(common.DataError) as err:
+        common.get_data("cifar10", str(tmp_path), download=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(tmp_path) in message and common.CIFAR_FILE in message
+
+
+def test_corrupt_cifar_raises(tiny_cifar):
+    root = tiny_cifar[0]
+    with open(os.path.join(root, "cifar-10-batches-py", "data_batch_3"), "wb") as f:
+        f.write(b"not a pickle")
+    with pytest.raises(common.DataError, match="missing or unreadable"):
+        common.get_data("cifar10", root, download=False)
+
+
+def test_auto_falls_back_to_labelled_synthetic(tmp_path):
+    lines = []
+    part = common.get_data("auto", str(tmp_path), download=False, limit=50, log=lines.append)
+    assert part["kind"] == "synthetic"
+    assert "SYNTHETIC" in lines[0]
+    assert part["classes"] == list(common.SYNTHETIC_CLASSES)
+
+
+def test_synthetic_is_cifar_shaped_balanced_and_seeded():
+    a = common.make_synthetic(seed=1, n_train=2000, n_test=500)
+    b = common.make_synthetic(seed=1, n_train=2000, n_test=500)
+    x, y = a["train"]
+    assert x.shape == (2000, 3, 32, 32) and x.dtype == torch.uint8
+    assert torch.bincount(y, minlength=10).min() >= 150  # about 200 of each class
+    assert torch.equal(x, b["train"][0]) and torch.equal(y, b["train"][1])
+    c = common.make_synthetic(seed=2, n_train=2000, n_test=500)
+    assert not torch.equal(x, c["train"][0])
+    # objects move: the mean image of a class is not a sharp template
+    disk = x[y == 0].float().mean(0)
+    assert disk.std() < 25
+
+
+# ----------------------------------------------------------------------------- batches
+
+def test_augment_keeps_shape_dtype_and_differs_per_image():
+    img = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    batch = img.repeat(64, 1, 1, 1)
+    out = common.augment(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    distinct = {tuple(o.flatten().tolist()) for o in out}
+    assert len(distinct) > 20  # 81 shifts x 2 flips, drawn per image
+    # every output is a 32x32 window of the zero-padded image, maybe mirrored
+    padded = nn.functional.pad(img[0], (4, 4, 4, 4))
+    windows = {tuple(padded[:, i:i + 32, j:j + 32].flatten().tolist())
+               for i in range(9) for j in range(9)}
+    windows |= {tuple(padded[:, i:i + 32, j:j + 32].flip(2).flatten().tolist())
+                for i in range(9) for j in range(9)}
+    assert distinct <= windows
+
+
+def test_device_loader_batches_normalised_permutation():
+    x = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(300)
+    loader = common.DeviceLoader(x, y, 128, "cpu", shuffle=True, seed=0)
+    assert len(loader) == 3
+    batches = list(loader)
+    assert [len(b[1]) for b in batches] == [128, 128, 44]
+    labels = torch.cat([b[1] for b in batches])
+    assert sorted(labels.tolist()) == list(range(300)) and labels.tolist() != list(range(300))
+    inputs = torch.cat([b[0] for b in batches])
+    assert inputs.dtype == torch.float32
+    assert inputs.min() >= -1 and inputs.max() <= 1
+    # normalisation is the lecture's Normalize(0.5, 0.5) after ToTensor
+    first = batches[0]
+    i = first[1][0].item()
+    assert torch.allclose(first[0][0], (x[i].float() / 255 - 0.5) / 0.5)
+
+
+# ----------------------------------------------------------------------------- model, loop
+
+def test_cnn_parameter_count_and_shape():
+    net = CNN()
+    assert sum(p.numel() for p in net.parameters()) == 82330
+    assert [n for n, _ in net.named_children()] == [
+        "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "pool", "fc"]
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def _batches(n_batches=3, bs=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(bs, 3, 32, 32, generator=g), torch.randint(0, 10, (bs,), generator=g))
+            for _ in range(n_batches)]
+
+
+def test_train_zeroes_gradients_every_step():
+    """After an epoch, .grad holds the last batch's gradient only (no accumulation)."""
+    torch.manual_seed(0)
+    net = CNN()
+    batches = _batches()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: weights stay, grads show
+    common.train(net, batches, opt, nn.CrossEntropyLoss(), "cpu", amp=False)
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    x, y = batches[-1]
+    nn.CrossEntropyLoss()(net(x), y).backward()
+    for g, p in zip(got, net.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-6)
+
+
+def test_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    net = CNN()
+    x, y = common.make_synthetic(seed=0, n_train=64, n_test=0)["train"]
+    batch = [(common.normalize(x), y)]
+    opt = common.make_optimizer(net.parameters(), "Adam", 2e-3)
+    losses = [common.train(net, batch, opt, nn.CrossEntropyLoss(), "cpu", amp=False)[0]
+              for _ in range(20)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def _tiny_experiment(lr, epochs=2, seed=0):
+    part = common.get_data("synthetic", limit=256)
+    common.set_seed(seed)
+    net = CNN()
+    loaders = common.make_loaders(part, "cpu", 64, 128, augment=True, seed=seed)
+    settings = dict(optim="SGD", lr=lr, l2=5e-4, momentum=0.9, epochs=epochs,
+                    schedule="onecycle", amp=False)
+    return common.experiment(net, loaders, settings, "cpu", log=lambda *_: None)[1]
+
+
+def test_same_seed_same_losses():
+    a, b = _tiny_experiment(0.05), _tiny_experiment(0.05)
+    assert a["train_losses"] == b["train_losses"] and a["val_accs"] == b["val_accs"]
+    c = _tiny_experiment(0.05, seed=1)
+    assert c["train_losses"] != a["train_losses"]
+
+
+def test_result_has_the_lecture_keys():
+    result = _tiny_experiment(0.05)
+    for key in ("train_losses", "val_losses", "train_accs", "val_accs",
+                "train_acc", "val_acc", "test_acc"):
+        assert key in result
+    assert len(result["train_losses"]) == 2 and result["status"] == "completed"
+    assert 0 <= result["test_acc"] <= 100
+
+
+def test_huge_lr_reports_divergence_not_crash():
+    result = _tiny_experiment(1e12, epochs=3)
+    assert result["status"] == "diverged"
+    assert len(result["train_losses"]) < 3
+
+
+def test_confusion_matrix_counts():
+    preds = torch.tensor([0, 1, 1, 2, 2, 2])
+    labels = torch.tensor([0, 1, 2, 2, 2, 0])
+    m = common.confusion_matrix(preds, labels, 3)
+    assert m.tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 2]]
+    assert m.sum() == 6
