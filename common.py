@@ -251,6 +251,90 @@ def data_or_exit(args, log=print):
         raise SystemExit(2)
 
 
+def add_image_args(parser):
+    """--image and the data options, for the scripts that work on one picture."""
+    parser.add_argument("--image", default=None,
+                        help="a picture of your own (any size; cropped square and resized "
+                             "to 32x32 like CIFAR-10); default: CIFAR-10 train image 4, "
+                             "the lecture's car, else a photo that ships with matplotlib")
+    group = add_data_args(parser)
+    group.description = "where the default picture comes from (--limit is not used)"
+    parser.add_argument("--out-dir", default="runs", help="figures go to OUT_DIR/<script>/")
+    parser.add_argument("--show", action="store_true", help="also open the figures")
+
+
+def load_image(path=None, data="auto", data_dir="./data", download=True, size=32):
+    """One RGB picture as a uint8 array (size, size, 3) and a line saying what it is.
+
+    path given: that file (DataError if unreadable). Else CIFAR-10 train image 4 (the
+    lecture's car) when data is not 'synthetic' and CIFAR-10 can be had; else the photo
+    of Grace Hopper that ships with matplotlib, so no network is ever needed.
+    """
+    from PIL import Image
+
+    if path is not None:
+        try:
+            img = Image.open(path).convert("RGB")
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read --image {path}: {err}; give a PNG or JPEG file")
+        return _square(img, size), f"your image {path}, resized to {size}x{size}"
+    if data != "synthetic":
+        try:
+            x, y = load_cifar10(data_dir, download)["train"]
+            return x[4].permute(1, 2, 0).numpy(), (
+                f"CIFAR-10 train image 4 (class {CLASSES[int(y[4])]}), as in the lecture")
+        except DataError:
+            if data == "cifar10":
+                raise
+    import matplotlib.cbook as cbook
+
+    sample = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    img = Image.open(sample).convert("RGB")
+    return _square(img, size), (
+        f"CIFAR-10 not available: matplotlib's sample photo grace_hopper.jpg, "
+        f"resized to {size}x{size}")
+
+
+def _square(img, size):
+    """Centre-crop to a square, resize to size x size, as a uint8 array (H, W, 3)."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side)).resize((size, size), 3)  # bicubic
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def image_or_exit(args):
+    """load_image from parsed options; a DataError becomes one line and exit code 2."""
+    try:
+        return load_image(args.image, args.data, args.data_dir, not args.no_download)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def to_tensor(array):
+    """The lecture's transform: ToTensor() then Normalize(0.5, 0.5) -> (3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0)
+    return normalize(x)[0]
+
+
+class Checks:
+    """Prints each 'check: ... OK/FAIL' line and counts failures for the exit code."""
+
+    def __init__(self):
+        self.failed = 0
+
+    def __call__(self, what, ok, detail=""):
+        self.failed += not ok
+        print(f"  check: {what}{': ' + detail if detail else ''} -> {'OK' if ok else 'FAIL'}")
+        return ok
+
+
+def section(title):
+    print(f"\n=== {title} " + "=" * max(3, 70 - len(title)))
+
+
 def normalize(x):
     """uint8 (B, 3, H, W) -> float in [-1, 1], the lecture's Normalize(0.5, 0.5)."""
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)

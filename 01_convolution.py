@@ -1,0 +1,235 @@
+"""3.3.1-3.3.2 Convolution: from an image tensor to feature maps.
+
+    python 01_convolution.py                 # the lecture's car (or a sample photo offline)
+    python 01_convolution.py --image me.jpg  # any picture of yours
+
+Prints what each slide states, checks every hand-written operation against numpy or
+torch, and saves its figures under runs/01_convolution/.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+
+# ----------------------------------------------------------------------------- 1-D
+
+def corr1d(x, k):
+    """Cross-correlation, 'valid': y[i] = sum_j x[i + j] * k[j] (what deep learning calls
+    convolution: slide the kernel, multiply, sum; no flip)."""
+    n = len(x) - len(k) + 1
+    return np.array([np.sum(x[i:i + len(k)] * k) for i in range(n)])
+
+
+def conv1d(x, k):
+    """True convolution, 'valid': flip the kernel, then slide, multiply, sum."""
+    return corr1d(x, k[::-1])
+
+
+# ----------------------------------------------------------------------------- 2-D
+
+def corr2d(X, K):
+    """2-D cross-correlation of a (H, W) input with a (kh, kw) kernel, 'valid' padding:
+    Y[i, j] = sum of X[i:i+kh, j:j+kw] * K. Output (H - kh + 1, W - kw + 1)."""
+    kh, kw = K.shape
+    Y = torch.zeros(X.shape[0] - kh + 1, X.shape[1] - kw + 1, dtype=X.dtype)
+    for i in range(Y.shape[0]):
+        for j in range(Y.shape[1]):
+            Y[i, j] = (X[i:i + kh, j:j + kw] * K).sum()
+    return Y
+
+
+def conv2d_true(X, K):
+    """True 2-D convolution: cross-correlation with the kernel flipped in both axes."""
+    return corr2d(X, torch.flip(K, dims=(0, 1)))
+
+
+# Sobel kernels: a smoothed derivative across x (responds to vertical edges) and across y
+SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0],
+                        [-2.0, 0.0, 2.0],
+                        [-1.0, 0.0, 1.0]])
+SOBEL_Y = SOBEL_X.t().contiguous()
+
+
+def sobel_layer():
+    """A Conv2d(1, 2, 3) whose two filters are set by hand to Sobel x and Sobel y."""
+    conv = nn.Conv2d(1, 2, kernel_size=3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.stack([SOBEL_X, SOBEL_Y]).unsqueeze(1))  # (2, 1, 3, 3)
+    return conv
+
+
+def grayscale(img):
+    """(3, H, W) -> (1, H, W) with the ITU-R 601 luma weights."""
+    w = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    return (img * w).sum(0, keepdim=True)
+
+
+def conv_params(c_in, c_out, k):
+    """Weights plus one bias per output channel: out * (in * k * k + 1)."""
+    return c_out * (c_in * k * k + 1)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def plot_equivariance(x, k, shift, path, show):
+    y = corr1d(x, k)
+    xs = np.roll(x, shift)
+    ys = corr1d(xs, k)
+    fig, axes = common.plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
+    axes[0].plot(x, "o-", label="input x")
+    axes[0].plot(xs, "s--", label=f"x shifted by {shift}")
+    axes[0].set_title("input")
+    axes[1].plot(y, "o-", label="corr(x, k)")
+    axes[1].plot(ys, "s--", label=f"corr(shifted x, k)")
+    axes[1].set_title(f"output: shifted by the same {shift} (translation equivariance)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[1].set_xlabel("position")
+    return common.save_figure(fig, path, show)
+
+
+def plot_maps(maps, titles, path, suptitle, show, cmap="gray"):
+    """A row of 2-D maps, each with its own colour scale."""
+    fig, axes = common.plt.subplots(1, len(maps), figsize=(2.6 * len(maps), 2.9))
+    for ax, m, t in zip(np.atleast_1d(axes), maps, titles):
+        ax.imshow(m.detach().cpu().numpy(), cmap=cmap)
+        ax.set_title(t, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(suptitle, fontsize=10)
+    return common.save_figure(fig, path, show)
+
+
+# ----------------------------------------------------------------------------- main
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common.add_image_args(p)
+    p.add_argument("--seed", type=int, default=123, help="seed for the random Conv2d weights")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out = os.path.join(args.out_dir, "01_convolution")
+    check = common.Checks()
+    torch.manual_seed(args.seed)
+
+    # 3.3.1 An image is an array of numbers --------------------------------------------
+    common.section("3.3.1 The image as numbers")
+    array, source = common.image_or_exit(args)
+    label = source.split(",")[0]  # short form for figure titles
+    print(f"image: {source}")
+    print(f"as an array (H, W, C): {array.shape}, dtype {array.dtype}, "
+          f"values {array.min()}..{array.max()}")
+    img = common.to_tensor(array)
+    print(f"after transform (ToTensor + Normalize 0.5/0.5) (C, H, W): {tuple(img.shape)}, "
+          f"values {img.min():.2f}..{img.max():.2f}")
+    print(f"an MLP on the flattened image sees {img.numel()} unrelated inputs: "
+          f"moving the object by one pixel changes which inputs light up")
+    flat = img.flatten()
+    moved = torch.roll(img, 1, dims=2).flatten()
+    cos = F.cosine_similarity(flat - flat.mean(), moved - moved.mean(), dim=0).item()
+    print(f"  correlation of the flattened image with itself shifted 1 px right: {cos:.2f} "
+          f"(1.00 would mean 'the same input' to an MLP)")
+    print(f"saved {common.imshow(img, os.path.join(out, 'image.png'), label, args.show)}")
+
+    # 3.3.2 Convolution in 1-D -------------------------------------------------------
+    common.section("3.3.2 Convolution vs cross-correlation in 1-D")
+    x = np.array([0, 0, 1, 2, 3, 2, 1, 0, 0, 0, 0, 0], dtype=float)
+    k = np.array([1.0, 0.0, -1.0])
+    print(f"signal x = {x.astype(int).tolist()}, kernel k = {k.astype(int).tolist()}")
+    conv, corr = conv1d(x, k), corr1d(x, k)
+    print(f"convolution (flip k, multiply, sum): {conv.astype(int).tolist()}")
+    print(f"cross-correlation (no flip):         {corr.astype(int).tolist()}")
+    print("  with this antisymmetric kernel the two differ only in sign; deep learning "
+          "uses cross-correlation, and learns the kernel, so the flip does not matter")
+    check("conv1d == numpy.convolve(mode='valid')",
+          np.allclose(conv, np.convolve(x, k, mode="valid")))
+    check("corr1d == numpy.correlate(mode='valid')",
+          np.allclose(corr, np.correlate(x, k, mode="valid")))
+    torch_corr = F.conv1d(torch.tensor(x).view(1, 1, -1), torch.tensor(k).view(1, 1, -1))
+    check("corr1d == torch.nn.functional.conv1d", np.allclose(corr, torch_corr.flatten().numpy()))
+    shift = 3
+    shifted = corr1d(np.roll(x, shift), k)
+    check(f"shift the input by {shift} -> the output shifts by {shift}",
+          np.allclose(shifted[shift:], corr[:-shift]))
+    print(f"saved {plot_equivariance(x, k, shift, os.path.join(out, 'equivariance_1d.png'), args.show)}")
+
+    # 3.3.2 Convolution in 2-D: sliding window ----------------------------------------
+    common.section("3.3.2 2-D: slide, multiply, sum")
+    X = torch.arange(9.0).view(3, 3)
+    K = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    print(f"X =\n{X}\nK =\n{K}\ncorr2d(X, K) =\n{corr2d(X, K)}")
+    print("  top-left: 0*0 + 1*1 + 3*2 + 4*3 = 19")
+    gen = torch.Generator().manual_seed(args.seed)
+    Xr, Kr = torch.randn(8, 9, generator=gen), torch.randn(3, 2, generator=gen)
+    lib = F.conv2d(Xr.view(1, 1, 8, 9), Kr.view(1, 1, 3, 2)).view(6, 8)
+    check("corr2d == F.conv2d on a random 8x9 input, 3x2 kernel",
+          torch.allclose(corr2d(Xr, Kr), lib, atol=1e-5),
+          f"max |diff| {(corr2d(Xr, Kr) - lib).abs().max():.1e}")
+    check("true convolution == cross-correlation with the kernel flipped",
+          torch.allclose(conv2d_true(Xr, Kr), corr2d(Xr, Kr.flip(0).flip(1))))
+
+    # 3.3.2 Hand-set kernels: Sobel edge filters --------------------------------------
+    common.section("3.3.2 Hand-set kernels: Sobel edges")
+    print(f"Sobel x =\n{SOBEL_X}")
+    gray = grayscale(img)                                     # (1, 32, 32)
+    with torch.no_grad():
+        edges = sobel_layer()(gray.unsqueeze(0))[0]           # (2, 32, 32)
+    magnitude = edges.pow(2).sum(0).sqrt()
+    print(f"Conv2d(1, 2, 3) with Sobel weights: (1, 1, 32, 32) -> {tuple(edges.unsqueeze(0).shape)}")
+    check("Sobel layer == corr2d with the Sobel x kernel",
+          torch.allclose(edges[0, 1:-1, 1:-1], corr2d(gray[0], SOBEL_X), atol=1e-5))
+    path = plot_maps([gray[0], edges[0], edges[1], magnitude],
+                     ["gray", "Sobel x (vertical edges)", "Sobel y (horizontal edges)",
+                      "edge magnitude"], os.path.join(out, "sobel.png"), label, args.show)
+    print(f"saved {path}")
+    print("  Sobel and Haar-like kernels were designed by hand; a CNN learns its kernels "
+          "from data, and its first layer often ends up with edge detectors like these")
+
+    # 3.3.2 nn.Conv2d: weight, bias, feature maps, receptive field --------------------
+    common.section("3.3.2 nn.Conv2d(3, 3, 3) on the image")
+    conv = nn.Conv2d(3, 3, 3)
+    print(f"weight shape (out, in, k, k): {tuple(conv.weight.shape)}, bias shape "
+          f"{tuple(conv.bias.shape)}")
+    count = sum(p.numel() for p in conv.parameters())
+    print(f"parameters: out * (in * k * k + 1) = 3 * (3 * 3 * 3 + 1) = {conv_params(3, 3, 3)}")
+    check("formula == sum(p.numel())", count == conv_params(3, 3, 3), str(count))
+    with torch.no_grad():
+        maps = conv(img.unsqueeze(0))                          # (1, 3, 30, 30)
+    print(f"input {tuple(img.unsqueeze(0).shape)} -> output {tuple(maps.shape)}: "
+          f"3 kernels give 3 feature maps; more kernels, more kinds of feature")
+    print("  each output pixel sees a 3x3 patch of all 3 input channels: "
+          "its receptive field is 3x3")
+    path = plot_maps(list(maps[0]), [f"feature map {i}" for i in range(3)],
+                     os.path.join(out, "feature_maps.png"),
+                     "random (untrained) Conv2d(3, 3, 3)", args.show, cmap="viridis")
+    print(f"saved {path}")
+
+    # 3.3.2 Valid convolutions shrink the map -----------------------------------------
+    common.section("3.3.2 Each valid 3x3 convolution shrinks the map")
+    y = img.unsqueeze(0)
+    sizes = [y.shape[-1]]
+    with torch.no_grad():
+        for _ in range(3):
+            y = conv(y)
+            sizes.append(y.shape[-1])
+            print(f"  after conv: {tuple(y.shape)}")
+    print(" -> ".join(map(str, sizes)) + "  (each 3x3 conv loses one pixel on every border)")
+    check("32 -> 30 -> 28 -> 26", sizes == [32, 30, 28, 26] or array.shape[0] != 32)
+
+    print(f"\nfigures in {out}/; {check.failed} check(s) failed")
+    return 1 if check.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
