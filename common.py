@@ -459,6 +459,15 @@ def channels_last_helps(device):
     return torch.device(device).type in ("cuda", "cpu")
 
 
+def model_loss(outputs, labels, criterion, aux_weight=0.3):
+    """criterion on the logits. A model with auxiliary classifiers (GoogLeNet) returns
+    (logits, aux_logits, ...) in training; their losses add with weight 0.3, as in the paper."""
+    if isinstance(outputs, tuple):
+        main, *aux = outputs
+        return criterion(main, labels) + aux_weight * sum(criterion(a, labels) for a in aux)
+    return criterion(outputs, labels)
+
+
 def train(net, loader, optimizer, criterion, device, scheduler=None, amp=True):
     """One epoch of training. Returns (mean loss, accuracy in %).
 
@@ -475,7 +484,9 @@ def train(net, loader, optimizer, criterion, device, scheduler=None, amp=True):
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             outputs = net(inputs)
-            loss = criterion(outputs, labels)
+            loss = model_loss(outputs, labels, criterion)
+        if isinstance(outputs, tuple):
+            outputs = outputs[0]
         loss.backward()
         optimizer.step()
         if scheduler is not None:

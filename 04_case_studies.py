@@ -1,0 +1,657 @@
+"""3.4 Case studies: LeNet-5, AlexNet, VGG, GoogLeNet, ResNet, DenseNet and SE-Net, sized
+for 32x32 CIFAR-10, compared side by side and each trainable with the shared loop.
+
+    python 04_case_studies.py                          # the comparison table + design rules
+    python 04_case_studies.py --train lenet resnet20   # train some under one budget
+    python 04_case_studies.py --train all --epochs 30  # all of them
+
+Outputs go to runs/04_case_studies/ (see README).
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import common
+
+
+# ============================================================================ 3.4.1 LeNet-5
+
+class LeNet5(nn.Module):
+    """LeNet-5. LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied to
+    document recognition", Proc. IEEE 1998. Two 5x5 conv + subsampling stages, then three
+    fully connected layers; tanh and average pooling as in the paper, 3 input channels
+    for CIFAR-10 (the paper read 32x32 grey digits)."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(3, 6, 5), nn.Tanh(), nn.AvgPool2d(2))
+        self.c3 = nn.Sequential(nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2))
+        self.f5 = nn.Sequential(nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Tanh(),
+                                nn.Linear(120, 84), nn.Tanh())
+        self.out = nn.Linear(84, num_classes)
+
+    def forward(self, x):        # (B, 3, 32, 32)
+        x = self.c1(x)           # (B, 6, 14, 14)
+        x = self.c3(x)           # (B, 16, 5, 5)
+        x = self.f5(x)           # (B, 84)
+        return self.out(x)       # (B, 10)
+
+
+# ============================================================================ 3.4.2 AlexNet
+
+class AlexNet(nn.Module):
+    """AlexNet. Krizhevsky, Sutskever, Hinton, "ImageNet classification with deep
+    convolutional neural networks", NeurIPS 2012. Five conv layers with ReLU, max pooling,
+    and dropout in the two large fully connected layers. For 32x32 inputs the 11x11
+    stride-4 stem becomes 3x3 stride 1 and the FC layers shrink from 4096 to 1024."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(inplace=True),
+                                    nn.MaxPool2d(2))
+        self.stage2 = nn.Sequential(nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(inplace=True),
+                                    nn.MaxPool2d(2))
+        self.stage3 = nn.Sequential(
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 4 * 4, 1024), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(1024, 1024), nn.ReLU(inplace=True),
+            nn.Linear(1024, num_classes))
+
+    def forward(self, x):            # (B, 3, 32, 32)
+        x = self.stage1(x)           # (B, 64, 16, 16)
+        x = self.stage2(x)           # (B, 192, 8, 8)
+        x = self.stage3(x)           # (B, 256, 4, 4)
+        return self.classifier(x)    # (B, 10)
+
+
+# ============================================================================ 3.4.3 VGG
+
+VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+
+
+class VGG(nn.Module):
+    """VGG-11 (configuration A). Simonyan, Zisserman, "Very deep convolutional networks for
+    large-scale image recognition", ICLR 2015. Only 3x3 'same' convs; each max pool halves
+    the map and the next convs double the channels (up to 512). batch_norm=True adds
+    BatchNorm after every conv (Ioffe, Szegedy 2015). For 32x32 inputs the five pools end
+    at 1x1x512, so the classifier is one linear layer."""
+
+    def __init__(self, num_classes=10, cfg=VGG11, batch_norm=False):
+        super().__init__()
+        stages, layers, c_in = [], [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+                stages.append(nn.Sequential(*layers))
+                layers = []
+            else:
+                layers.append(nn.Conv2d(c_in, v, 3, padding=1, bias=not batch_norm))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(v))
+                layers.append(nn.ReLU(inplace=True))
+                c_in = v
+        self.features = nn.Sequential(*stages)
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def forward(self, x):                  # (B, 3, 32, 32)
+        x = self.features(x)               # (B, 512, 1, 1) after five halvings
+        return self.classifier(torch.flatten(x, 1))   # (B, 10)
+
+
+# ============================================================================ 3.4.5 GoogLeNet
+
+def conv_bn(c_in, c_out, k, stride=1):
+    """Conv -> BatchNorm -> ReLU, 'same' padding."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class Inception(nn.Module):
+    """The inception module of GoogLeNet (Szegedy et al., "Going deeper with convolutions",
+    CVPR 2015): parallel 1x1, 3x3, 5x5 convs and a 3x3 max pool, concatenated along the
+    channels. The 1x1 convs before the 3x3 and 5x5 (and after the pool) thin the channels
+    first: the bottleneck. reduce=False drops them (the naive module)."""
+
+    def __init__(self, c_in, c1, c3_red, c3, c5_red, c5, pool_proj, reduce=True):
+        super().__init__()
+        self.b1 = conv_bn(c_in, c1, 1)
+        if reduce:
+            self.b3 = nn.Sequential(conv_bn(c_in, c3_red, 1), conv_bn(c3_red, c3, 3))
+            self.b5 = nn.Sequential(conv_bn(c_in, c5_red, 1), conv_bn(c5_red, c5, 5))
+            self.bp = nn.Sequential(nn.MaxPool2d(3, 1, padding=1), conv_bn(c_in, pool_proj, 1))
+        else:
+            self.b3 = conv_bn(c_in, c3, 3)
+            self.b5 = conv_bn(c_in, c5, 5)
+            self.bp = nn.MaxPool2d(3, 1, padding=1)          # keeps all c_in channels
+        self.out_channels = c1 + c3 + c5 + (pool_proj if reduce else c_in)
+
+    def forward(self, x):                                     # (B, c_in, H, W)
+        branches = [self.b1(x), self.b3(x), self.b5(x), self.bp(x)]
+        return torch.cat(branches, 1)                         # (B, out_channels, H, W)
+
+
+class AuxClassifier(nn.Module):
+    """GoogLeNet's auxiliary classifier: pool, 1x1 conv, FC, dropout, FC. Its loss (weight
+    0.3) adds gradient to the middle of the net during training; dropped at test time."""
+
+    def __init__(self, c_in, num_classes=10):
+        super().__init__()
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(4), conv_bn(c_in, 64, 1), nn.Flatten(),
+                                 nn.Linear(64 * 4 * 4, 256), nn.ReLU(inplace=True),
+                                 nn.Dropout(0.7), nn.Linear(256, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class GoogLeNet(nn.Module):
+    """A small GoogLeNet for 32x32 inputs: a 3x3 stem, then inception stages 3 (32x32),
+    4 (16x16) and 5 (8x8) with about half the paper's channels, global average pooling and
+    one linear layer. Every conv has BatchNorm (Inception-v2 style), which the lecture notes
+    made the auxiliary classifiers unnecessary; aux=True adds one after stage 4 anyway.
+    In training mode with aux=True, forward returns (logits, aux_logits)."""
+
+    def __init__(self, num_classes=10, aux=False):
+        super().__init__()
+        self.stem = conv_bn(3, 64, 3)
+        self.stage3 = nn.Sequential(Inception(64, 32, 48, 64, 8, 16, 16),       # -> 128
+                                    Inception(128, 64, 64, 96, 16, 48, 32),     # -> 240
+                                    nn.MaxPool2d(2))
+        self.stage4 = nn.Sequential(Inception(240, 96, 48, 104, 8, 24, 32),     # -> 256
+                                    Inception(256, 80, 56, 112, 12, 32, 32),    # -> 256
+                                    nn.MaxPool2d(2))
+        self.stage5 = Inception(256, 128, 80, 160, 16, 64, 64)                  # -> 416
+        self.aux = AuxClassifier(256, num_classes) if aux else None
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(416, num_classes))
+
+    def forward(self, x):                   # (B, 3, 32, 32)
+        x = self.stem(x)                    # (B, 64, 32, 32)
+        x = self.stage3(x)                  # (B, 240, 16, 16)
+        x = self.stage4(x)                  # (B, 256, 8, 8)
+        aux = self.aux(x) if self.aux is not None and self.training else None
+        x = self.stage5(x)                  # (B, 416, 8, 8)
+        logits = self.head(x)               # (B, 10)
+        return (logits, aux) if aux is not None else logits
+
+
+# ============================================================================ 3.4.6 ResNet
+
+class BasicBlock(nn.Module):
+    """The residual block of He, Zhang, Ren, Sun, "Deep residual learning for image
+    recognition", CVPR 2016: out = ReLU(F(x) + x), F = conv-BN-ReLU-conv-BN. When the block
+    halves the map and doubles the channels, the shortcut subsamples x and pads the new
+    channels with zeros (the paper's option A for CIFAR: no extra parameters).
+    residual=False gives the plain block of the same depth (no shortcut)."""
+
+    def __init__(self, c_in, c_out, stride=1, residual=True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.residual = residual
+        self.stride, self.pad = stride, c_out - c_in
+
+    def shortcut(self, x):
+        if self.stride > 1:
+            x = x[:, :, ::self.stride, ::self.stride]                     # (B, c_in, H/2, W/2)
+        if self.pad:
+            x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))  # zero channels
+        return x
+
+    def branch(self, x):
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+    def forward(self, x):                                     # (B, c_in, H, W)
+        out = self.branch(x)                                  # (B, c_out, H/s, W/s)
+        if self.residual:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-Excitation. Hu, Shen, Sun, "Squeeze-and-excitation networks", CVPR 2018.
+    Squeeze: global average pool to one number per channel; excite: FC -> ReLU -> FC ->
+    sigmoid gives a scale in (0, 1) per channel, which multiplies the feature map."""
+
+    def __init__(self, channels, reduction=16, min_hidden=4):
+        super().__init__()
+        hidden = max(channels // reduction, min_hidden)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def scales(self, x):                                   # (B, C, H, W)
+        s = x.mean(dim=(2, 3))                             # (B, C) squeeze
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(s))))  # (B, C) in (0, 1)
+
+    def forward(self, x):
+        return x * self.scales(x)[:, :, None, None]
+
+
+class SEBasicBlock(BasicBlock):
+    """A residual block whose residual branch is recalibrated by an SE block before the
+    addition (the SE-ResNet module of Hu et al.)."""
+
+    def __init__(self, c_in, c_out, stride=1, residual=True):
+        super().__init__(c_in, c_out, stride, residual)
+        self.se = SEBlock(c_out)
+
+    def branch(self, x):
+        return self.se(super().branch(x))
+
+
+class ResNet(nn.Module):
+    """The CIFAR ResNet of He et al. 2016 (section 4.2): a 3x3 conv with 16 channels, then
+    three stages of n blocks at 32x32x16, 16x16x32 and 8x8x64, global average pooling and
+    a linear layer: 6n + 2 layers (ResNet-20: n = 3, ResNet-56: n = 9)."""
+
+    def __init__(self, depth=20, num_classes=10, block=BasicBlock, residual=True):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        stages, c_in = [], 16
+        for i, c in enumerate((16, 32, 64)):
+            blocks = [block(c_in, c, 2 if i > 0 else 1, residual)]
+            blocks += [block(c, c, 1, residual) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*blocks))
+            c_in = c
+        self.stage1, self.stage2, self.stage3 = stages
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):            # (B, 3, 32, 32)
+        x = self.stem(x)             # (B, 16, 32, 32)
+        x = self.stage1(x)           # (B, 16, 32, 32)
+        x = self.stage2(x)           # (B, 32, 16, 16)
+        x = self.stage3(x)           # (B, 64, 8, 8)
+        return self.head(x)          # (B, 10)
+
+
+# ============================================================================ 3.4.7 DenseNet
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC layer: BN-ReLU-1x1 conv (4k channels, the bottleneck) then BN-ReLU-3x3
+    conv (k channels); its k new channels are concatenated to its input."""
+
+    def __init__(self, c_in, growth):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(c_in), nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, 4 * growth, 1, bias=False),
+            nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True),
+            nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
+
+    def forward(self, x):                                  # (B, C, H, W)
+        return torch.cat([x, self.net(x)], 1)              # (B, C + k, H, W)
+
+
+class DenseBlock(nn.Sequential):
+    """L dense layers: every layer sees all earlier feature maps; c_in + L * k channels out."""
+
+    def __init__(self, c_in, layers, growth):
+        super().__init__(*[DenseLayer(c_in + i * growth, growth) for i in range(layers)])
+        self.out_channels = c_in + layers * growth
+
+
+class Transition(nn.Sequential):
+    """BN-ReLU-1x1 conv that compresses the channels (theta = 0.5), then 2x2 average pool."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True),
+                         nn.Conv2d(c_in, c_out, 1, bias=False), nn.AvgPool2d(2))
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC. Huang, Liu, van der Maaten, Weinberger, "Densely connected convolutional
+    networks", CVPR 2017. Three dense blocks at 32x32, 16x16 and 8x8 with growth rate k,
+    bottleneck layers and compression 0.5; depth L = 6n + 4 (DenseNet-BC-100: n = 16)."""
+
+    def __init__(self, depth=100, growth=12, num_classes=10):
+        super().__init__()
+        n = (depth - 4) // 6
+        c = 2 * growth
+        self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
+        self.block1 = DenseBlock(c, n, growth)
+        c = self.block1.out_channels
+        self.trans1 = Transition(c, c // 2)
+        self.block2 = DenseBlock(c // 2, n, growth)
+        c = self.block2.out_channels
+        self.trans2 = Transition(c, c // 2)
+        self.block3 = DenseBlock(c // 2, n, growth)
+        c = self.block3.out_channels
+        self.head = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+
+    def forward(self, x):                  # (B, 3, 32, 32)
+        x = self.stem(x)                   # (B, 24, 32, 32)
+        x = self.trans1(self.block1(x))    # (B, 108, 16, 16) for BC-100
+        x = self.trans2(self.block2(x))    # (B, 150, 8, 8)
+        x = self.block3(x)                 # (B, 342, 8, 8)
+        return self.head(x)                # (B, 10)
+
+
+# ============================================================================ registry
+
+# name -> (constructor, learning rate, weight decay): SGD with Nesterov momentum 0.9 and a
+# one-cycle schedule; the rates follow the papers' CIFAR recipes (0.1 with BatchNorm,
+# smaller without it) and are peak rates of the schedule.
+MODELS = {
+    "lenet": (LeNet5, 0.05, 5e-4),
+    "alexnet": (AlexNet, 0.02, 5e-4),
+    "vgg": (VGG, 0.02, 5e-4),
+    "vgg_bn": (lambda: VGG(batch_norm=True), 0.1, 5e-4),
+    "googlenet": (GoogLeNet, 0.1, 5e-4),
+    "resnet20": (lambda: ResNet(20), 0.1, 1e-4),
+    "resnet56": (lambda: ResNet(56), 0.1, 1e-4),
+    "densenet": (lambda: DenseNet(100, 12), 0.1, 1e-4),
+    "seresnet20": (lambda: ResNet(20, block=SEBasicBlock), 0.1, 1e-4),
+}
+
+
+def build(name):
+    return MODELS[name][0]()
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model, size=32):
+    """Multiply-adds for one 3 x size x size image, from torch's FLOP counter (2 FLOPs per
+    multiply-add; it counts convolutions and matrix products)."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() // 2
+
+
+def stage_shapes(model, size=32):
+    """Output shape of each top-level child, in the order forward calls them."""
+    shapes, hooks = [], []
+    for name, child in model.named_children():
+        hooks.append(child.register_forward_hook(
+            lambda m, i, o, name=name: shapes.append((name, tuple(o.shape[1:])))))
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def throughput(model, device, batch=32, steps=2):
+    """Training images per second (forward + backward + SGD step), after one warm-up step."""
+    model = model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    for i in range(steps + 1):
+        if i == 1:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with common.autocast(device):
+            loss = common.model_loss(model(x), y, F.cross_entropy)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def compare(names, device, log=print):
+    """One row per model: parameters, multiply-adds, stage shapes, training throughput."""
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        model = build(name)
+        row = {"model": name, "params": count_params(model), "macs": count_macs(model),
+               "stages": stage_shapes(model)}
+        row["train_images_per_s"] = throughput(model, device)
+        rows.append(row)
+        log(f"{name:11s} {row['params']:>11,d} {row['macs'] / 1e6:>10.1f} "
+            f"{row['train_images_per_s']:>10.0f}   " +
+            " -> ".join(f"{s}{list(shape)}" for s, shape in row["stages"]))
+    return rows
+
+
+def plot_compare(rows, path, title, show=False):
+    fig, ax = common.plt.subplots(figsize=(7, 5))
+    speeds = [r["train_images_per_s"] for r in rows]
+    top = max(speeds)
+    for r in rows:
+        ax.scatter(r["macs"] / 1e6, r["params"] / 1e6, s=30 + 600 * r["train_images_per_s"] / top,
+                   alpha=0.6)
+        ax.annotate(r["model"], (r["macs"] / 1e6, r["params"] / 1e6), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set(xscale="log", yscale="log", xlabel="multiply-adds per image (millions)",
+           ylabel="parameters (millions)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    return common.save_figure(fig, path, show)
+
+
+# ============================================================================ design rules
+
+def inception_bottleneck():
+    """GoogLeNet's module 3a (28x28x192 input) with and without the 1x1 reductions."""
+    cfg = (192, 64, 96, 128, 16, 32, 32)
+    x = torch.zeros(1, 192, 28, 28)
+    out = {}
+    for reduce in (True, False):
+        m = Inception(*cfg, reduce=reduce).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            y = m(x)
+        out[reduce] = {"params": count_params(m), "macs": counter.get_total_flops() // 2,
+                       "out_channels": y.shape[1]}
+    return out
+
+
+def first_layer_grad_norm(model, seed=0, batch=32):
+    """Norm of the loss gradient reaching the first conv at initialisation."""
+    torch.manual_seed(seed)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    model.train()
+    F.cross_entropy(model(x), y).backward()
+    return model.stem[0].weight.grad.norm().item()
+
+
+def design_rules(log=print):
+    facts = {}
+    common.section("Design rules in numbers")
+    inc = inception_bottleneck()
+    r, n = inc[True], inc[False]
+    log(f"Inception 3a (28x28x192 in): with 1x1 bottlenecks {r['params']:,} params, "
+        f"{r['macs'] / 1e6:.0f}M mult-adds, {r['out_channels']} channels out; without: "
+        f"{n['params']:,} params, {n['macs'] / 1e6:.0f}M mult-adds, {n['out_channels']} channels")
+    log(f"  lesson: thinning the channels with 1x1 convs first cuts the cost "
+        f"{n['macs'] / r['macs']:.1f}x, and the output no longer grows by the whole input")
+    facts["inception_3a"] = {"with_1x1": r, "without_1x1": n}
+
+    torch.manual_seed(0)
+    base, se = count_params(ResNet(20)), count_params(ResNet(20, block=SEBasicBlock))
+    log(f"SE block: ResNet-20 {base:,} params, SE-ResNet-20 {se:,} "
+        f"(+{se - base:,}, +{100 * (se - base) / base:.1f}%)")
+    log("  lesson: a channel-wise gate costs two small FC layers per block, a few percent "
+        "of the parameters, and almost no multiply-adds")
+    facts["se_overhead"] = {"resnet20": base, "seresnet20": se}
+
+    grads = {}
+    for depth in (20, 56):
+        for residual in (False, True):
+            torch.manual_seed(0)
+            grads[(depth, residual)] = first_layer_grad_norm(ResNet(depth, residual=residual))
+    for depth in (20, 56):
+        p, q = grads[(depth, False)], grads[(depth, True)]
+        log(f"gradient norm at the first conv, at initialisation, depth {depth}: "
+            f"plain {p:.3g}, residual {q:.3g} ({q / p:.1f}x)")
+    shrink_plain = grads[(56, False)] / grads[(20, False)]
+    shrink_res = grads[(56, True)] / grads[(20, True)]
+    log(f"  lesson: from 20 to 56 layers the first layer's gradient changes {shrink_plain:.2f}x "
+        f"in the plain net and {shrink_res:.2f}x in the residual one; the shortcuts carry "
+        "the gradient back unchanged, which is why very deep residual nets still train")
+    facts["first_layer_grad_norm"] = {f"{'residual' if r else 'plain'}{d}": g
+                                      for (d, r), g in grads.items()}
+
+    dense = DenseNet(100, 12)
+    growth = []
+    for i, block in enumerate((dense.block1, dense.block2, dense.block3), 1):
+        c_in = block[0].net[0].num_features
+        growth.append((c_in, len(block), block.out_channels))
+        log(f"DenseNet-BC-100 block {i}: {c_in} channels in + {len(block)} layers x 12 = "
+            f"{block.out_channels} out" + (", halved by the transition" if i < 3 else ""))
+    log("  lesson: each layer adds only k = 12 new maps and reuses all earlier ones; the "
+        "transitions' 0.5 compression keeps the width in check")
+    facts["densenet_growth"] = growth
+    return facts
+
+
+# ============================================================================ training
+
+def train_models(names, args, device):
+    """Train each model under one budget; val selects the epoch, test is read once."""
+    partition = common.data_or_exit(args)
+    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
+    out = os.path.join(args.out_dir, "04_case_studies")
+    print(f"device: {device}, data: {partition['kind']}, epochs {args.epochs}, "
+          f"batch {args.batch_size}, augment {args.augment}, seed {args.seed}")
+    loaders = common.make_loaders(partition, device, args.batch_size, 500,
+                                  augment=args.augment, seed=args.seed)
+    table, curves, status = [], {}, 0
+    for name in names:
+        ctor, lr, l2 = MODELS[name]
+        common.set_seed(args.seed)
+        model = ctor().to(device)
+        if common.channels_last_helps(device):
+            model = model.to(memory_format=torch.channels_last)
+        settings = {"model": name, "optim": "SGD", "momentum": 0.9,
+                    "lr": args.lr or lr, "l2": args.l2 if args.l2 is not None else l2,
+                    "epochs": args.epochs, "schedule": "onecycle", "amp": args.amp,
+                    "train_batch_size": args.batch_size, "augment": args.augment,
+                    "seed": args.seed, "data": partition["kind"]}
+        print(f"== {name}: {count_params(model):,} params, lr {settings['lr']:g}, "
+              f"l2 {settings['l2']:g}")
+        settings, result = common.experiment(model, loaders, settings, device)
+        folder = os.path.join(out, name)
+        common.plot_loss_variation(result, os.path.join(folder, "loss.png"),
+                                   f"{name}: loss{tag}", args.show)
+        common.plot_acc_variation(result, os.path.join(folder, "accuracy.png"),
+                                  f"{name}: accuracy{tag}", args.show)
+        secs = result["epoch_seconds"]
+        row = {"model": name, "test_acc": result["test_acc"], "val_acc": result["val_acc"],
+               "params": count_params(model),
+               "seconds_per_epoch": sum(secs) / len(secs) if secs else None,
+               "status": result["status"], "device": str(device)}
+        common.save_json({"settings": settings, "result": result, **row,
+                          "data": partition["kind"]}, os.path.join(folder, "result.json"))
+        table.append(row)
+        curves[name] = result["val_accs"]
+        if result["status"] == "interrupted":
+            status = 130
+            break
+        if result["status"] == "diverged":
+            status = 3
+    print(f"\n{'model':11s} {'test acc':>9s} {'val acc':>8s} {'params':>11s} {'s/epoch':>8s}  "
+          f"status")
+    for r in table:
+        fmt = lambda v: f"{v:.2f}" if v is not None else "-"
+        print(f"{r['model']:11s} {fmt(r['test_acc']):>9s} {fmt(r['val_acc']):>8s} "
+              f"{r['params']:>11,d} {fmt(r['seconds_per_epoch']):>8s}  {r['status']}")
+    path = common.save_json({"data": partition["kind"], "device": str(device),
+                             "epochs": args.epochs, "date": time.strftime("%Y-%m-%d"),
+                             "models": table}, os.path.join(out, "train_results.json"))
+    fig = common.plot_curves(curves, os.path.join(out, "val_accuracy.png"),
+                             f"val accuracy, {args.epochs} epochs{tag}", show=args.show)
+    print(f"saved {path}, {fig} and per-model folders in {out}/")
+    return status
+
+
+# ============================================================================ main
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="3.4 case studies: compare LeNet-5 ... SE-ResNet (default), or train "
+                    "some of them with --train.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--train", nargs="+", metavar="NAME", default=None,
+                   help=f"train these models (or 'all'): {', '.join(MODELS)}")
+    p.add_argument("--epochs", type=common.positive_int, default=30,
+                   help="epochs for every trained model")
+    p.add_argument("--batch-size", type=common.positive_int, default=128)
+    p.add_argument("--lr", type=common.positive_float, default=None,
+                   help="peak learning rate for every model; default: each model's own")
+    p.add_argument("--l2", type=common.non_negative_float, default=None,
+                   help="weight decay for every model; default: each model's own")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random crop and horizontal flip per image")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16 mixed precision where the hardware has it natively")
+    common.add_device_args(p)
+    common.add_data_args(p)
+    p.add_argument("--out-dir", default="runs", help="outputs go to OUT_DIR/04_case_studies/")
+    p.add_argument("--show", action="store_true", help="also open the figures")
+    return p
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.train:
+        names = list(MODELS) if args.train == ["all"] else args.train
+        unknown = [n for n in names if n not in MODELS]
+        if unknown:
+            parser.error(f"unknown model {', '.join(unknown)}; choose from: "
+                         f"{', '.join(MODELS)} or all")
+        args.train = list(dict.fromkeys(names))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        device = common.get_device(args.device)
+    except common.DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    common.set_seed(args.seed)
+    if args.train:
+        return train_models(args.train, args, device)
+
+    out = os.path.join(args.out_dir, "04_case_studies")
+    common.section(f"3.4 Case studies on 32x32 inputs, device {device}")
+    print(f"{'model':11s} {'params':>11s} {'M mult-add':>10s} {'train im/s':>10s}   "
+          f"output shape after each stage")
+    rows = compare(MODELS, device)
+    facts = design_rules()
+    record = {"device": str(device), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "models": rows, "design_rules": facts}
+    path = common.save_json(record, os.path.join(out, "compare.json"))
+    fig = plot_compare(rows, os.path.join(out, "compare.png"),
+                       f"size vs cost (dot size: training images/s on {device})", args.show)
+    print(f"\nsaved {path} and {fig}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); finished runs are saved under --out-dir", file=sys.stderr)
+        sys.exit(130)

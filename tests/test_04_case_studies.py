@@ -1,0 +1,141 @@
+"""04_case_studies.py: every model, the block facts, and the script's runs."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import common
+from conftest import load_script, run_script
+
+cs = load_script("04_case_studies.py")
+
+# The parameter counts README's table states (python 04_case_studies.py prints them).
+PARAMS = {"lenet": 62_006, "alexnet": 7_506_762, "vgg": 9_225_610, "vgg_bn": 9_228_362,
+          "googlenet": 564_402, "resnet20": 269_722, "resnet56": 853_018,
+          "densenet": 769_162, "seresnet20": 272_782}
+
+
+def test_every_model_is_listed():
+    assert set(cs.MODELS) == set(PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_model_shape_params_and_one_step(name):
+    torch.manual_seed(0)
+    model = cs.build(name)
+    assert cs.count_params(model) == PARAMS[name]
+    model.eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # one SGD step on a fixed batch lowers that batch's loss
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    model.train()
+    if name in ("alexnet",):  # dropout: compare losses with it switched off
+        model.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = nn.functional.cross_entropy(model(x), y)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = nn.functional.cross_entropy(model(x), y)
+    assert after < before
+
+
+def test_googlenet_aux_classifier_trains_with_the_loop():
+    torch.manual_seed(0)
+    model = cs.GoogLeNet(aux=True)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, tuple) and [o.shape for o in out] == [(2, 10), (2, 10)]
+    model.eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    batches = [(torch.randn(4, 3, 32, 32), torch.arange(4))]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss, acc = common.train(model, batches, opt, nn.CrossEntropyLoss(), "cpu", amp=False)
+    assert loss > 0 and 0 <= acc <= 100
+    assert model.aux.net[1][0].weight.grad is not None   # the aux head got a gradient
+
+
+def test_inception_channels_are_the_sum_of_branches():
+    m = cs.Inception(192, 64, 96, 128, 16, 32, 32).eval()
+    y = m(torch.randn(1, 192, 28, 28))
+    assert y.shape == (1, 64 + 128 + 32 + 32, 28, 28) and m.out_channels == 256
+    naive = cs.Inception(192, 64, 96, 128, 16, 32, 32, reduce=False).eval()
+    assert naive(torch.randn(1, 192, 28, 28)).shape[1] == 64 + 128 + 32 + 192
+
+
+def test_bottleneck_saves_multiply_adds():
+    facts = cs.inception_bottleneck()
+    assert facts[True]["macs"] < facts[False]["macs"] / 2
+
+
+@pytest.mark.parametrize("c_in,layers,k", [(24, 16, 12), (10, 3, 4)])
+def test_dense_block_outputs_in_plus_l_times_k(c_in, layers, k):
+    block = cs.DenseBlock(c_in, layers, k)
+    y = block(torch.randn(2, c_in, 8, 8))
+    assert y.shape == (2, c_in + layers * k, 8, 8) and block.out_channels == c_in + layers * k
+
+
+def test_se_scales_lie_between_0_and_1():
+    se = cs.SEBlock(32)
+    x = torch.randn(4, 32, 8, 8) * 10
+    s = se.scales(x)
+    assert s.shape == (4, 32) and (s > 0).all() and (s < 1).all()
+    assert torch.allclose(se(x), x * s[:, :, None, None])
+
+
+@pytest.mark.parametrize("block_cls", [cs.BasicBlock, cs.SEBasicBlock])
+def test_residual_block_with_zeroed_branch_returns_its_input(block_cls):
+    block = block_cls(16, 16).eval()
+    nn.init.zeros_(block.bn2.weight)       # the residual branch now outputs 0
+    nn.init.zeros_(block.bn2.bias)
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.allclose(block(x), torch.relu(x))
+    x = x.relu()                           # a non-negative input passes through unchanged
+    assert torch.allclose(block(x), x)
+
+
+def test_downsampling_shortcut_pads_channels_with_zeros():
+    block = cs.BasicBlock(16, 32, stride=2).eval()
+    x = torch.rand(1, 16, 8, 8)
+    s = block.shortcut(x)
+    assert s.shape == (1, 32, 4, 4)
+    assert torch.equal(s[:, 8:24], x[:, :, ::2, ::2]) and s[:, :8].abs().sum() == 0
+
+
+def test_default_table_writes_json_and_figure(tmp_path):
+    proc = run_script("04_case_studies.py", "--out-dir", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "04_case_studies"
+    record = json.loads((folder / "compare.json").read_text())
+    assert {r["model"]: r["params"] for r in record["models"]} == PARAMS
+    assert all(r["macs"] > 0 and r["train_images_per_s"] > 0 for r in record["models"])
+    assert (folder / "compare.png").stat().st_size > 0
+    for lesson in ("Inception 3a", "SE block", "gradient norm at the first conv",
+                   "DenseNet-BC-100 block 1"):
+        assert lesson in proc.stdout
+
+
+def test_train_two_models_on_synthetic(tmp_path):
+    proc = run_script("04_case_studies.py", "--train", "lenet", "resnet20", "--data",
+                      "synthetic", "--epochs", "1", "--limit", "256", "--no-download",
+                      "--out-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "04_case_studies"
+    table = json.loads((folder / "train_results.json").read_text())
+    assert table["data"] == "synthetic"
+    assert [r["model"] for r in table["models"]] == ["lenet", "resnet20"]
+    assert all(0 <= r["test_acc"] <= 100 and r["params"] == PARAMS[r["model"]]
+               for r in table["models"])
+    assert (folder / "val_accuracy.png").stat().st_size > 0
+    for name in ("lenet", "resnet20"):
+        for f in ("loss.png", "accuracy.png", "result.json"):
+            assert (folder / name / f).exists()
+
+
+def test_unknown_model_exits_2_listing_valid_names():
+    proc = run_script("04_case_studies.py", "--train", "resnet18")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "unknown model resnet18" in proc.stderr
+    for name in PARAMS:
+        assert name in proc.stderr
