@@ -8,10 +8,10 @@ for 32x32 CIFAR-10, compared side by side and each trainable with the shared loo
 Outputs go to runs/04_case_studies/ (see README).
 """
 import argparse
-import math
 import os
 import sys
 import time
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
@@ -100,7 +100,8 @@ class VGG(nn.Module):
                     layers.append(nn.BatchNorm2d(v))
                 layers.append(nn.ReLU(inplace=True))
                 c_in = v
-        self.features = nn.Sequential(*stages)
+        self.features = nn.Sequential(OrderedDict(
+            (f"stage{i}", stage) for i, stage in enumerate(stages, 1)))
         self.classifier = nn.Linear(c_in, num_classes)
 
     def forward(self, x):                  # (B, 3, 32, 32)
@@ -382,9 +383,18 @@ def count_macs(model, size=32):
 
 
 def stage_shapes(model, size=32):
-    """Output shape of each top-level child, in the order forward calls them."""
+    """Output shape of each top-level child, in the order forward calls them; a child that
+    is a Sequential of Sequentials (VGG's features) is shown stage by stage."""
     shapes, hooks = [], []
+    stages = []
     for name, child in model.named_children():
+        parts = list(child.named_children())
+        if isinstance(child, nn.Sequential) and parts and \
+                all(isinstance(c, nn.Sequential) for _, c in parts):
+            stages += parts
+        else:
+            stages.append((name, child))
+    for name, child in stages:
         hooks.append(child.register_forward_hook(
             lambda m, i, o, name=name: shapes.append((name, tuple(o.shape[1:])))))
     model.eval()
@@ -395,7 +405,7 @@ def stage_shapes(model, size=32):
     return shapes
 
 
-def throughput(model, device, batch=32, steps=2):
+def throughput(model, device, batch=32, steps=3):
     """Training images per second (forward + backward + SGD step), after one warm-up step."""
     model = model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -501,12 +511,13 @@ def design_rules(log=print):
     for depth in (20, 56):
         p, q = grads[(depth, False)], grads[(depth, True)]
         log(f"gradient norm at the first conv, at initialisation, depth {depth}: "
-            f"plain {p:.3g}, residual {q:.3g} ({q / p:.1f}x)")
-    shrink_plain = grads[(56, False)] / grads[(20, False)]
-    shrink_res = grads[(56, True)] / grads[(20, True)]
-    log(f"  lesson: from 20 to 56 layers the first layer's gradient changes {shrink_plain:.2f}x "
-        f"in the plain net and {shrink_res:.2f}x in the residual one; the shortcuts carry "
-        "the gradient back unchanged, which is why very deep residual nets still train")
+            f"plain {p:.3g}, residual {q:.3g}")
+    plain = grads[(56, False)] / grads[(20, False)]
+    res = grads[(56, True)] / grads[(20, True)]
+    log(f"  lesson: from 20 to 56 layers the gradient reaching the first layer "
+        f"{'grows' if plain > 1 else 'shrinks'} {max(plain, 1 / plain):.0f}x in the plain net "
+        f"and changes {max(res, 1 / res):.1f}x in the residual one: every shortcut passes "
+        f"the gradient back unchanged, so depth does not blow it up or wash it out")
     facts["first_layer_grad_norm"] = {f"{'residual' if r else 'plain'}{d}": g
                                       for (d, r), g in grads.items()}
 
@@ -538,13 +549,14 @@ def train_models(names, args, device):
     for name in names:
         ctor, lr, l2 = MODELS[name]
         common.set_seed(args.seed)
-        model = ctor().to(device)
+        model = (GoogLeNet(aux=True) if name == "googlenet" and args.aux else ctor()).to(device)
         if common.channels_last_helps(device):
             model = model.to(memory_format=torch.channels_last)
         settings = {"model": name, "optim": "SGD", "momentum": 0.9,
                     "lr": args.lr or lr, "l2": args.l2 if args.l2 is not None else l2,
                     "epochs": args.epochs, "schedule": "onecycle", "amp": args.amp,
                     "train_batch_size": args.batch_size, "augment": args.augment,
+                    "aux": bool(args.aux and name == "googlenet"),
                     "seed": args.seed, "data": partition["kind"]}
         print(f"== {name}: {count_params(model):,} params, lr {settings['lr']:g}, "
               f"l2 {settings['l2']:g}")
@@ -601,6 +613,8 @@ def build_parser():
                    help="weight decay for every model; default: each model's own")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random crop and horizontal flip per image")
+    p.add_argument("--aux", action="store_true",
+                   help="train GoogLeNet with its auxiliary classifier (loss weight 0.3)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="bf16 mixed precision where the hardware has it natively")
     common.add_device_args(p)

@@ -88,7 +88,7 @@ def non_negative_float(text):
     return value
 
 
-def add_data_args(parser):
+def add_data_args(parser, with_limit=True):
     """The data options every script that reads CIFAR-10 shares."""
     group = parser.add_argument_group("data")
     group.add_argument("--data", choices=("auto", "cifar10", "synthetic"), default="auto",
@@ -99,9 +99,10 @@ def add_data_args(parser):
                        help="where CIFAR-10 is, or is downloaded to")
     group.add_argument("--no-download", action="store_true",
                        help="never reach the network; use only what is in --data-dir")
-    group.add_argument("--limit", type=positive_int, default=None,
-                       help="use at most this many images per split (train, val, test) "
-                            "for a quick try; default: all")
+    if with_limit:
+        group.add_argument("--limit", type=positive_int, default=None,
+                           help="use at most this many images per split (train, val, "
+                                "test) for a quick try; default: all")
     return group
 
 
@@ -125,6 +126,11 @@ def load_cifar10(data_dir, download=True):
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)  # an offline machine should fail fast, not hang
     try:
+        archive = os.path.join(data_dir, CIFAR_FILE)
+        if not download and os.path.isfile(archive) and \
+                not os.path.isdir(os.path.join(data_dir, "cifar-10-batches-py")):
+            from torchvision.datasets.utils import extract_archive
+            extract_archive(archive, data_dir)  # the archive is here: no network needed
         sets = {}
         for split, is_train in (("train", True), ("test", False)):
             ds = torchvision.datasets.CIFAR10(data_dir, train=is_train, download=download)
@@ -188,14 +194,14 @@ def make_synthetic(seed=0, n_train=50000, n_test=10000):
         else:
             m = (box < 1.0) & (torch.floor((u + 1.0) * 2.5) % 2 == 0)
         masks[idx] = m
+    # object and background of random colours, pushed apart where too close to see
     bg = torch.randint(0, 256, (n, 3, 1, 1), generator=gen, dtype=torch.int16)
     fg = torch.randint(0, 256, (n, 3, 1, 1), generator=gen, dtype=torch.int16)
-    # push colours apart where they are too close to see the shape
-    close = (fg - bg).abs().float().mean(1, keepdim=True) < 60
+    close = (fg - bg).abs().float().mean(1, keepdim=True) < 40
     fg = torch.where(close, (bg + 128) % 256, fg)
     img = torch.where(masks.unsqueeze(1), fg.to(torch.uint8), bg.to(torch.uint8))
     # pixel noise, drawn from a small bank of noise images (fast; enough variety)
-    bank = torch.randint(-16, 17, (2048, 1, 32, 32), generator=gen, dtype=torch.int16)
+    bank = torch.randint(-40, 41, (2048, 1, 32, 32), generator=gen, dtype=torch.int16)
     noise = bank[torch.randint(0, len(bank), (n,), generator=gen)]
     x = img.to(torch.int16).add_(noise).clamp_(0, 255).to(torch.uint8)
     return {"train": (x[:n_train], labels[:n_train]),
@@ -257,8 +263,8 @@ def add_image_args(parser):
                         help="a picture of your own (any size; cropped square and resized "
                              "to 32x32 like CIFAR-10); default: CIFAR-10 train image 4, "
                              "the lecture's car, else a photo that ships with matplotlib")
-    group = add_data_args(parser)
-    group.description = "where the default picture comes from (--limit is not used)"
+    group = add_data_args(parser, with_limit=False)
+    group.description = "where the default picture comes from"
     parser.add_argument("--out-dir", default="runs", help="figures go to OUT_DIR/<script>/")
     parser.add_argument("--show", action="store_true", help="also open the figures")
 
@@ -425,6 +431,13 @@ def make_loaders(partition, device, train_batch_size=128, test_batch_size=256,
 
 # ----------------------------------------------------------------------------- loop
 
+def is_out_of_memory(err):
+    """A CUDA/MPS out-of-memory error, or the CPU allocator giving up."""
+    text = str(err)
+    return (isinstance(err, torch.OutOfMemoryError) or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
@@ -468,7 +481,8 @@ def model_loss(outputs, labels, criterion, aux_weight=0.3):
     return criterion(outputs, labels)
 
 
-def train(net, loader, optimizer, criterion, device, scheduler=None, amp=True):
+def train(net, loader, optimizer, criterion, device, scheduler=None, amp=True,
+          clip_grad=None):
     """One epoch of training. Returns (mean loss, accuracy in %).
 
     The gradients are zeroed before every step (the lecture's notebook zeroed them once
@@ -488,6 +502,8 @@ def train(net, loader, optimizer, criterion, device, scheduler=None, amp=True):
         if isinstance(outputs, tuple):
             outputs = outputs[0]
         loss.backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -591,7 +607,8 @@ def experiment(net, loaders, settings, device, log=print):
         for epoch in range(settings["epochs"]):
             start = time.perf_counter()
             train_loss, train_acc = train(net, loaders["train"], optimizer, criterion,
-                                          device, scheduler, amp)
+                                          device, scheduler, amp,
+                                          settings.get("clip_grad"))
             val_loss, val_acc = validate(net, loaders["val"], criterion, device, amp)
             took = time.perf_counter() - start
             for key, value in (("train_losses", train_loss), ("val_losses", val_loss),

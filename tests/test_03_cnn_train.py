@@ -28,19 +28,21 @@ def test_parser_refuses_nonsense(bad, capsys):
 def test_help_lists_every_option_with_defaults(capsys):
     with pytest.raises(SystemExit):
         cnn_train.parse_args(["--help"])
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     for option in ("--exp-name", "--optim", "--momentum", "--lr", "--l2", "--epochs",
                    "--train-batch-size", "--test-batch-size", "--seed", "--device", "--data",
                    "--data-dir", "--no-download", "--out-dir", "--augment", "--schedule",
                    "--save-model", "--show", "--benchmark", "--lecture"):
         assert option in text
-    assert "(default: 40)" in text and "(default: 128)" in text
+    assert "training epochs (default: 40)" in text
+    assert "--train-batch-size TRAIN_BATCH_SIZE (default: 128)" in text
 
 
 def test_lecture_flag_restores_the_notebook_settings():
     args = cnn_train.parse_args(["--lecture"])
     assert (args.optim, args.lr, args.momentum, args.l2, args.augment, args.schedule) == \
         ("SGD", [1e-3], 0.0, 1e-5, False, "none")
+    assert args.init == "pytorch" and args.clip_grad == 0
 
 
 def test_run_writes_every_output(tmp_path):

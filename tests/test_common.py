@@ -197,3 +197,15 @@ def test_confusion_matrix_counts():
     m = common.confusion_matrix(preds, labels, 3)
     assert m.tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 2]]
     assert m.sum() == 6
+
+
+def test_archive_alone_is_extracted_without_network(tiny_cifar):
+    import shutil
+    import tarfile
+
+    root = tiny_cifar[0]
+    with tarfile.open(os.path.join(root, common.CIFAR_FILE), "w:gz") as tar:
+        tar.add(os.path.join(root, "cifar-10-batches-py"), arcname="cifar-10-batches-py")
+    shutil.rmtree(os.path.join(root, "cifar-10-batches-py"))
+    part = common.get_data("cifar10", root, download=False)
+    assert part["kind"] == "cifar10" and len(part["test"][1]) == 100
