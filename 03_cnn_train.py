@@ -92,7 +92,8 @@ def build_parser():
                    help="weight initialisation: kaiming (He et al. 2015, for ReLU) or "
                         "pytorch (the library's default, which the lecture used)")
     p.add_argument("--epochs", type=common.positive_int, default=40, help="training epochs")
-    p.add_argument("--train-batch-size", type=common.positive_int, default=128)
+    p.add_argument("--train-batch-size", type=common.positive_int, default=128,
+                   help="images per training step")
     p.add_argument("--test-batch-size", type=common.positive_int, default=500,
                    help="batch size for val and test (speed only; the lecture used 32)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,

@@ -606,7 +606,8 @@ def build_parser():
                    help=f"train these models (or 'all'): {', '.join(MODELS)}")
     p.add_argument("--epochs", type=common.positive_int, default=30,
                    help="epochs for every trained model")
-    p.add_argument("--batch-size", type=common.positive_int, default=128)
+    p.add_argument("--batch-size", type=common.positive_int, default=128,
+                   help="images per training step")
     p.add_argument("--lr", type=common.positive_float, default=None,
                    help="peak learning rate for every model; default: each model's own")
     p.add_argument("--l2", type=common.non_negative_float, default=None,

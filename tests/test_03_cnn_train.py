@@ -35,7 +35,7 @@ def test_help_lists_every_option_with_defaults(capsys):
                    "--save-model", "--show", "--benchmark", "--lecture"):
         assert option in text
     assert "training epochs (default: 40)" in text
-    assert "--train-batch-size TRAIN_BATCH_SIZE (default: 128)" in text
+    assert "images per training step (default: 128)" in text
 
 
 def test_lecture_flag_restores_the_notebook_settings():
