@@ -9,6 +9,7 @@ Outputs go to runs/04_case_studies/ (see README).
 """
 import argparse
 import os
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -365,8 +366,20 @@ MODELS = {
 }
 
 
+def model_spec(name):
+    """(constructor, lr, weight decay) for a registered name, or for resnet<depth> /
+    seresnet<depth> at any depth 6n + 2 (32, 44, 110, ...); None if unknown."""
+    if name in MODELS:
+        return MODELS[name]
+    match = re.fullmatch(r"(se)?resnet(\d+)", name)
+    if match and int(match.group(2)) >= 8 and (int(match.group(2)) - 2) % 6 == 0:
+        depth, block = int(match.group(2)), SEBasicBlock if match.group(1) else BasicBlock
+        return (lambda: ResNet(depth, block=block), 0.1, 1e-4)
+    return None
+
+
 def build(name):
-    return MODELS[name][0]()
+    return model_spec(name)[0]()
 
 
 def count_params(model):
@@ -547,7 +560,7 @@ def train_models(names, args, device):
                                   augment=args.augment, seed=args.seed)
     table, curves, status = [], {}, 0
     for name in names:
-        ctor, lr, l2 = MODELS[name]
+        ctor, lr, l2 = model_spec(name)
         common.set_seed(args.seed)
         model = (GoogLeNet(aux=True) if name == "googlenet" and args.aux else ctor()).to(device)
         if common.channels_last_helps(device):
@@ -603,7 +616,8 @@ def build_parser():
                     "some of them with --train.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train", nargs="+", metavar="NAME", default=None,
-                   help=f"train these models (or 'all'): {', '.join(MODELS)}")
+                   help=f"train these models (or 'all'): {', '.join(MODELS)}; also "
+                        "resnet<depth> and seresnet<depth> for any depth 6n+2 (32, 44, 110)")
     p.add_argument("--epochs", type=common.positive_int, default=30,
                    help="epochs for every trained model")
     p.add_argument("--batch-size", type=common.positive_int, default=128,
@@ -630,10 +644,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.train:
         names = list(MODELS) if args.train == ["all"] else args.train
-        unknown = [n for n in names if n not in MODELS]
+        unknown = [n for n in names if model_spec(n) is None]
         if unknown:
             parser.error(f"unknown model {', '.join(unknown)}; choose from: "
-                         f"{', '.join(MODELS)} or all")
+                         f"{', '.join(MODELS)}, resnet<6n+2>, seresnet<6n+2> or all")
         args.train = list(dict.fromkeys(names))
     return args
 

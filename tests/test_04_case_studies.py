@@ -139,3 +139,11 @@ def test_unknown_model_exits_2_listing_valid_names():
     assert "unknown model resnet18" in proc.stderr
     for name in PARAMS:
         assert name in proc.stderr
+
+
+@pytest.mark.parametrize("name,blocks", [("resnet32", 15), ("seresnet44", 21)])
+def test_resnet_depth_is_selectable(name, blocks):
+    model = cs.build(name)
+    n_blocks = sum(isinstance(m, cs.BasicBlock) for m in model.modules())
+    assert n_blocks == blocks  # (depth - 2) / 2 residual blocks
+    assert cs.model_spec("resnet21") is None and cs.model_spec("resnet") is None
