@@ -8,6 +8,7 @@ for 32x32 CIFAR-10, compared side by side and each trainable with the shared loo
 Outputs go to runs/04_case_studies/ (see README).
 """
 import argparse
+import math
 import os
 import re
 import sys
@@ -457,13 +458,16 @@ def compare(names, device, log=print):
 
 def plot_compare(rows, path, title, show=False):
     fig, ax = common.plt.subplots(figsize=(7, 5))
-    speeds = [r["train_images_per_s"] for r in rows]
-    top = max(speeds)
+    top = max(r["train_images_per_s"] for r in rows)
+    labels = {}  # models at (nearly) the same point share one label
     for r in rows:
-        ax.scatter(r["macs"] / 1e6, r["params"] / 1e6, s=30 + 600 * r["train_images_per_s"] / top,
-                   alpha=0.6)
-        ax.annotate(r["model"], (r["macs"] / 1e6, r["params"] / 1e6), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+        x, y = r["macs"] / 1e6, r["params"] / 1e6
+        ax.scatter(x, y, s=20 + 400 * (r["train_images_per_s"] / top) ** 0.5, alpha=0.6)
+        key = (round(math.log10(x), 1), round(math.log10(y), 1))
+        labels.setdefault(key, [x, y, []])[2].append(r["model"])
+    for x, y, names in labels.values():
+        ax.annotate(", ".join(names), (x, y), fontsize=8, xytext=(5, 5),
+                    textcoords="offset points")
     ax.set(xscale="log", yscale="log", xlabel="multiply-adds per image (millions)",
            ylabel="parameters (millions)", title=title)
     ax.grid(alpha=0.3, which="both")
