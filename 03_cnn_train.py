@@ -197,11 +197,7 @@ def new_model(partition, device, init="kaiming"):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        device = common.get_device(args.device)
-    except common.DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    device = common.device_or_exit(args.device)
     partition = common.data_or_exit(args)
     common.set_seed(args.seed)
     if args.benchmark:

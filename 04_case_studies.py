@@ -658,11 +658,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        device = common.get_device(args.device)
-    except common.DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    device = common.device_or_exit(args.device)
     common.set_seed(args.seed)
     if args.train:
         return train_models(args.train, args, device)

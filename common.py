@@ -49,13 +49,27 @@ def get_device(name="auto"):
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
+        raise DataError(f"--device {name}: no CUDA GPU is visible; use --device auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DataError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None)
                                      and torch.backends.mps.is_available()):
         raise DataError("--device mps: no Apple GPU is visible; use --device auto or cpu")
     return device
+
+
+def device_or_exit(name):
+    """get_device from --device; a device that is not there becomes one line and exit 2."""
+    try:
+        return get_device(name)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def set_seed(seed):

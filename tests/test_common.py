@@ -229,3 +229,21 @@ def test_synthetic_needs_translation_invariance():
         test_acc = (linear(Xt).argmax(1) == yt).float().mean().item()
     assert train_acc > test_acc  # it can memorise pixels ...
     assert test_acc < 0.25       # ... but not generalise: chance is 0.10
+
+
+@pytest.mark.parametrize("name", ["bogus", "cuda:7" if torch.cuda.is_available() else "cuda"])
+def test_unusable_device_exits_2_with_one_line(name, capsys):
+    if name == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    with pytest.raises(SystemExit) as exit_:
+        common.device_or_exit(name)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: --device {name}")
+
+
+def test_auto_device_is_cpu_without_accelerators(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert common.get_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert common.get_device("auto") == torch.device("cuda")
