@@ -46,6 +46,17 @@ class LeNet5(nn.Module):
         return self.out(x)       # (B, 10)
 
 
+def he_init(model):
+    """He et al. 2015 initialisation for ReLU nets (as torchvision does for AlexNet and VGG):
+    without batch norm, PyTorch's default weights are too small for a deep ReLU stack and
+    the net sits at chance for many steps."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 # ============================================================================ 3.4.2 AlexNet
 
 class AlexNet(nn.Module):
@@ -68,6 +79,7 @@ class AlexNet(nn.Module):
             nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 4 * 4, 1024), nn.ReLU(inplace=True),
             nn.Dropout(0.5), nn.Linear(1024, 1024), nn.ReLU(inplace=True),
             nn.Linear(1024, num_classes))
+        he_init(self)
 
     def forward(self, x):            # (B, 3, 32, 32)
         x = self.stage1(x)           # (B, 64, 16, 16)
@@ -105,6 +117,8 @@ class VGG(nn.Module):
         self.features = nn.Sequential(OrderedDict(
             (f"stage{i}", stage) for i, stage in enumerate(stages, 1)))
         self.classifier = nn.Linear(c_in, num_classes)
+        if not batch_norm:
+            he_init(self)
 
     def forward(self, x):                  # (B, 3, 32, 32)
         x = self.features(x)               # (B, 512, 1, 1) after five halvings

@@ -448,7 +448,8 @@ def make_loaders(partition, device, train_batch_size=128, test_batch_size=256,
 def is_out_of_memory(err):
     """A CUDA/MPS out-of-memory error, or the CPU allocator giving up."""
     text = str(err)
-    return (isinstance(err, torch.OutOfMemoryError) or "out of memory" in text
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5
+    return (isinstance(err, oom) or "out of memory" in text
             or "can't allocate memory" in text)
 
 

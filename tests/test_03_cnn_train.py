@@ -136,3 +136,14 @@ def test_benchmark_prints_both_times_and_ratio():
     assert proc.returncode == 0, proc.stderr
     assert "project data path" in proc.stdout and "notebook data path" in proc.stdout
     assert "ratio (project / notebook):" in proc.stdout
+
+
+def test_out_of_memory_gives_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(cnn_train.common, "experiment", no_memory)
+    code = cnn_train.main([*QUICK, "--out-dir", str(tmp_path), "--train-batch-size", "100000"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "try a smaller --train-batch-size" in err
