@@ -47,9 +47,9 @@ class LeNet5(nn.Module):
 
 
 def he_init(model):
-    """He et al. 2015 initialisation for ReLU nets (as torchvision does for AlexNet and VGG):
-    without batch norm, PyTorch's default weights are too small for a deep ReLU stack and
-    the net sits at chance for many steps."""
+    """He et al. 2015 initialisation, N(0, 2 / fan_in), for ReLU nets without batch norm.
+    PyTorch's default weights are too small for a deep ReLU stack: AlexNet and VGG-11 then
+    sat at chance for 3 epochs on 2,560 images, and learned with this (see README)."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -365,14 +365,15 @@ class DenseNet(nn.Module):
 
 # ============================================================================ registry
 
-# name -> (constructor, learning rate, weight decay): SGD with Nesterov momentum 0.9 and a
-# one-cycle schedule; the rates follow the papers' CIFAR recipes (0.1 with BatchNorm,
-# smaller without it) and are peak rates of the schedule.
+# name -> (constructor, peak learning rate, weight decay) for SGD with Nesterov momentum 0.9
+# on a one-cycle schedule. ResNet and DenseNet use their papers' CIFAR settings; the
+# VGGs and AlexNet need 0.02 (VGG-11 with BN: 25% val at 0.1, 61% at 0.02 after 3 epochs
+# on 10,000 images, see README).
 MODELS = {
     "lenet": (LeNet5, 0.05, 5e-4),
     "alexnet": (AlexNet, 0.02, 5e-4),
     "vgg": (VGG, 0.02, 5e-4),
-    "vgg_bn": (lambda: VGG(batch_norm=True), 0.1, 5e-4),
+    "vgg_bn": (lambda: VGG(batch_norm=True), 0.02, 5e-4),
     "googlenet": (GoogLeNet, 0.1, 5e-4),
     "resnet20": (lambda: ResNet(20), 0.1, 1e-4),
     "resnet56": (lambda: ResNet(56), 0.1, 1e-4),

@@ -32,7 +32,7 @@ def test_model_shape_params_and_one_step(name):
     model.train()
     if name in ("alexnet",):  # dropout: compare losses with it switched off
         model.eval()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # small enough to descend
     before = nn.functional.cross_entropy(model(x), y)
     before.backward()
     opt.step()
