@@ -8,7 +8,6 @@ torch, and saves its figures under runs/01_convolution/.
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
@@ -87,7 +86,7 @@ def plot_equivariance(x, k, shift, path, show):
     axes[0].plot(xs, "s--", label=f"x shifted by {shift}")
     axes[0].set_title("input")
     axes[1].plot(y, "o-", label="corr(x, k)")
-    axes[1].plot(ys, "s--", label=f"corr(shifted x, k)")
+    axes[1].plot(ys, "s--", label="corr(shifted x, k)")
     axes[1].set_title(f"output: shifted by the same {shift} (translation equivariance)")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -232,4 +231,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run(main)

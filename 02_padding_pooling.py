@@ -10,7 +10,6 @@ saves its figures under runs/02_padding_pooling/.
 import argparse
 import itertools
 import os
-import sys
 
 import torch
 import torch.nn as nn
@@ -264,4 +263,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run(main)

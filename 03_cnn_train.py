@@ -329,8 +329,4 @@ def benchmark(args, partition, device):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C); finished runs are saved under --out-dir", file=sys.stderr)
-        sys.exit(130)
+    common.run(main)

@@ -11,7 +11,6 @@ import argparse
 import math
 import os
 import re
-import sys
 import time
 from collections import OrderedDict
 
@@ -694,8 +693,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C); finished runs are saved under --out-dir", file=sys.stderr)
-        sys.exit(130)
+    common.run(main)

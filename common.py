@@ -79,6 +79,17 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
+def run(main):
+    """The scripts' entry point: main()'s return value is the exit code, and a Ctrl-C
+    outside training (which saves its own results) exits 130 with one line."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); finished results are saved under --out-dir",
+              file=sys.stderr)
+        sys.exit(130)
+
+
 # ----------------------------------------------------------------------------- arguments
 
 def positive_int(text):
@@ -310,8 +321,9 @@ def load_image(path=None, data="auto", data_dir="./data", download=True, size=32
 
     sample = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     img = Image.open(sample).convert("RGB")
+    why = "not asked for" if data == "synthetic" else "not available"
     return _square(img, size), (
-        f"CIFAR-10 not available: matplotlib's sample photo grace_hopper.jpg, "
+        f"matplotlib's sample photo grace_hopper.jpg (CIFAR-10 {why}), "
         f"resized to {size}x{size}")
 
 
