@@ -88,6 +88,9 @@ def run(main):
         print("interrupted (Ctrl-C); finished results are saved under --out-dir",
               file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into `head` that closed early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 # ----------------------------------------------------------------------------- arguments
