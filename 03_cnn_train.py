@@ -133,8 +133,8 @@ def parse_args(argv=None):
 
 def run_settings(args, lr):
     keys = ("optim", "momentum", "l2", "schedule", "label_smoothing", "clip_grad", "init",
-            "epochs",
-            "train_batch_size", "test_batch_size", "augment", "amp", "seed", "data", "limit")
+            "epochs", "train_batch_size", "test_batch_size", "augment", "amp", "seed", "data",
+            "limit")
     settings = {k: getattr(args, k) for k in keys}
     settings.update(model="CNN", lr=lr)
     return settings
@@ -206,15 +206,15 @@ def main(argv=None):
           f"(train {len(partition['train'][1])}, val {len(partition['val'][1])}, "
           f"test {len(partition['test'][1])})")
 
-    loaders = common.make_loaders(partition, device, args.train_batch_size,
-                                  args.test_batch_size, augment=args.augment, seed=args.seed)
     curves, status = {}, 0
     for lr in args.lr:
         name = args.exp_name if len(args.lr) == 1 else f"{args.exp_name}_lr{lr:g}"
         folder = os.path.join(args.out_dir, name)
         print(f"== {name}: {args.optim} lr={lr:g} epochs={args.epochs} -> {folder}")
-        common.set_seed(args.seed)
+        common.set_seed(args.seed)  # every lr starts from the same weights and data order
         net = new_model(partition, device, args.init)
+        loaders = common.make_loaders(partition, device, args.train_batch_size,
+                                      args.test_batch_size, args.augment, args.seed)
         settings = run_settings(args, lr)
         try:
             settings, result = common.experiment(net, loaders, settings, device)
@@ -232,8 +232,9 @@ def main(argv=None):
             result["status"] = "interrupted"
             path = save_run(folder, net, settings, result, partition, device, loaders,
                             args, print)
-        print(f"{name}: status {result['status']}, val acc {result['val_acc']}, "
-              f"test acc {result['test_acc']}; saved {path}")
+        accs = ", ".join(f"{k} acc {result[k + '_acc']:.2f}%" for k in ("val", "test")
+                         if result[k + "_acc"] is not None)
+        print(f"{name}: status {result['status']}{', ' + accs if accs else ''}; saved {path}")
         curves[f"lr={lr:g}"] = result["val_accs"]
         if result["status"] == "interrupted":
             status = 130

@@ -574,12 +574,12 @@ def train_models(names, args, device):
     out = os.path.join(args.out_dir, "04_case_studies")
     print(f"device: {device}, data: {partition['kind']}, epochs {args.epochs}, "
           f"batch {args.batch_size}, augment {args.augment}, seed {args.seed}")
-    loaders = common.make_loaders(partition, device, args.batch_size, 500,
-                                  augment=args.augment, seed=args.seed)
     table, curves, status = [], {}, 0
     for name in names:
         ctor, lr, l2 = model_spec(name)
-        common.set_seed(args.seed)
+        common.set_seed(args.seed)  # same data order and augmentation for every model
+        loaders = common.make_loaders(partition, device, args.batch_size, 500,
+                                      augment=args.augment, seed=args.seed)
         model = (GoogLeNet(aux=True) if name == "googlenet" and args.aux else ctor()).to(device)
         if common.channels_last_helps(device):
             model = model.to(memory_format=torch.channels_last)

@@ -582,7 +582,7 @@ def validate(net, loader, criterion, device, amp=True):
 def test(net, loader, device, amp=True):
     """Accuracy in % on the test set."""
     preds, labels = predict(net, loader, device, amp)
-    return 100.0 * (preds == labels).float().mean().item()
+    return 100.0 * (preds == labels).double().mean().item()
 
 
 def make_optimizer(params, optim="SGD", lr=1e-3, l2=0.0, momentum=0.0):
