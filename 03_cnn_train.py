@@ -163,7 +163,8 @@ def save_run(folder, net, settings, result, partition, device, loaders, args, lo
     plot_filters(net.conv1_1.weight, os.path.join(folder, "filters.png"),
                  f"{name}: conv1_1 filters{tag}", args.show)
     if args.save_model:
-        common.save_torch({"state_dict": net.state_dict(), "settings": settings},
+        state = {k: v.cpu() for k, v in net.state_dict().items()}  # loads on any machine
+        common.save_torch({"state_dict": state, "settings": settings},
                           os.path.join(folder, "model.pt"))
     secs = result["epoch_seconds"]
     record = {"settings": settings, "result": result, "per_class_test_acc": per_class,

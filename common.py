@@ -4,6 +4,7 @@ train / validate / test loop, plots and safe file writing.
 Every numbered script imports this module; it imports no script.
 """
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -409,9 +410,9 @@ class DeviceLoader:
 
     def __init__(self, images, labels, batch_size, device, shuffle=False, augment=False,
                  seed=0, channels_last=False):
-        self.device = torch.device(device)
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device)
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.device = self.images.device  # 'cuda' resolved to 'cuda:0', as generators say
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
@@ -493,8 +494,9 @@ def amp_supported(device):
 def autocast(device, enabled=True):
     """bf16 mixed precision where amp_supported (no loss scaling needed with bf16)."""
     device = torch.device(device)
-    on = enabled and amp_supported(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+    if not (enabled and amp_supported(device)):
+        return contextlib.nullcontext()  # also where autocast does not know the device
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def channels_last_helps(device):

@@ -80,6 +80,13 @@ def test_several_lrs_give_one_run_each_and_a_comparison(tmp_path):
     assert (tmp_path / "exp1_lr_lr0.05" / "result.json").exists()
     assert (tmp_path / "exp1_lr_lr0.01" / "result.json").exists()
     assert (tmp_path / "exp1_lr_lr.png").stat().st_size > 0
+    # the second run starts from the same weights and data order as a run on its own
+    alone = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path / "alone"),
+                       "--lr", "0.01")
+    assert alone.returncode == 0, alone.stderr
+    second = json.loads((tmp_path / "exp1_lr_lr0.01" / "result.json").read_text())
+    single = json.loads((tmp_path / "alone" / "cnn" / "result.json").read_text())
+    assert second["result"]["train_losses"] == single["result"]["train_losses"]
 
 
 def test_missing_cifar_exits_2_with_one_line(tmp_path):
