@@ -118,6 +118,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.show:
+        common.enable_show()
     out = os.path.join(args.out_dir, "01_convolution")
     check = common.Checks()
     torch.manual_seed(args.seed)

@@ -151,6 +151,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.show:
+        common.enable_show()
     out = os.path.join(args.out_dir, "02_padding_pooling")
     check = common.Checks()
     array, source = common.image_or_exit(args)

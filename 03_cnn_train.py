@@ -198,6 +198,8 @@ def new_model(partition, device, init="kaiming"):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.show:
+        common.enable_show()
     device = common.device_or_exit(args.device)
     partition = common.data_or_exit(args)
     common.set_seed(args.seed)

@@ -672,6 +672,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.show:
+        common.enable_show()
     device = common.device_or_exit(args.device)
     common.set_seed(args.seed)
     if args.train:

@@ -691,24 +691,30 @@ def save_json(obj, path):
     return _atomic(path, lambda f: json.dump(obj, f, indent=2, default=str))
 
 
+NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+
+
 def save_figure(fig, path, show=False):
     """Save a figure as PNG (whole file or nothing), show it if asked, close it."""
     _atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"),
             mode="wb")
-    if show:
-        show_figure(fig)
+    if show and plt.get_backend().lower() not in NON_INTERACTIVE:
+        plt.show()  # blocks until the window is closed
     plt.close(fig)
     return path
 
 
-def show_figure(fig):
-    """Open a window for the figure when a GUI backend can be had."""
+def enable_show():
+    """For --show, before any figure is made: leave the file-only backend for the
+    platform's GUI one. Returns False (and says so) where there is no display."""
     try:
         plt.switch_backend(matplotlib.rcParamsDefault["backend"])
-        fig.show()
-        plt.show()
-    except Exception as err:  # no screen: the PNG is saved already
-        print(f"(--show: cannot open a window here: {err}; see the saved PNG)")
+    except Exception:  # a GUI toolkit that cannot start: stay on files
+        plt.switch_backend("Agg")
+    if plt.get_backend().lower() in NON_INTERACTIVE:
+        print("--show: no display here, so figures are only saved as PNG")
+        return False
+    return True
 
 
 def save_torch(obj, path):
