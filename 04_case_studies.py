@@ -613,8 +613,10 @@ def train_models(names, args, device):
             status = 3
     print(f"\n{'model':11s} {'test acc':>9s} {'val acc':>8s} {'params':>11s} {'s/epoch':>8s}  "
           f"status")
+    def fmt(v):
+        return f"{v:.2f}" if v is not None else "-"
+
     for r in table:
-        fmt = lambda v: f"{v:.2f}" if v is not None else "-"
         print(f"{r['model']:11s} {fmt(r['test_acc']):>9s} {fmt(r['val_acc']):>8s} "
               f"{r['params']:>11,d} {fmt(r['seconds_per_epoch']):>8s}  {r['status']}")
     path = common.save_json({"data": partition["kind"], "device": str(device),
