@@ -617,8 +617,8 @@ def make_scheduler(optimizer, schedule, lr, epochs, steps_per_epoch):
 def experiment(net, loaders, settings, device, log=print):
     """Train for settings['epochs'], keep the weights of the best val epoch, test them once.
 
-    settings needs optim, lr, l2, momentum, epochs, schedule (label_smoothing and amp
-    optional).
+    settings needs optim, lr, l2, epochs; momentum, schedule, label_smoothing, clip_grad
+    and amp are optional.
     Returns (settings, result); result has the lecture's keys train_losses, val_losses,
     train_accs, val_accs, train_acc, val_acc, test_acc, plus status ('completed',
     'diverged' or 'interrupted'), epoch_seconds and best_epoch. A NaN loss or Ctrl-C
