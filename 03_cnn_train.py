@@ -190,10 +190,7 @@ def plot_filters(weight, path, title="", show=False):
 
 
 def new_model(partition, device, init="kaiming"):
-    net = CNN(len(partition["classes"]), init).to(device)
-    if common.channels_last_helps(device):
-        net = net.to(memory_format=torch.channels_last)
-    return net
+    return common.to_device(CNN(len(partition["classes"]), init), device)
 
 
 def main(argv=None):

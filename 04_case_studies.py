@@ -580,9 +580,8 @@ def train_models(names, args, device):
         common.set_seed(args.seed)  # same data order and augmentation for every model
         loaders = common.make_loaders(partition, device, args.batch_size, 500,
                                       augment=args.augment, seed=args.seed)
-        model = (GoogLeNet(aux=True) if name == "googlenet" and args.aux else ctor()).to(device)
-        if common.channels_last_helps(device):
-            model = model.to(memory_format=torch.channels_last)
+        model = common.to_device(
+            GoogLeNet(aux=True) if name == "googlenet" and args.aux else ctor(), device)
         settings = {"model": name, "optim": "SGD", "momentum": 0.9,
                     "lr": args.lr or lr, "l2": args.l2 if args.l2 is not None else l2,
                     "epochs": args.epochs, "schedule": "onecycle", "amp": args.amp,

@@ -504,6 +504,14 @@ def channels_last_helps(device):
     return torch.device(device).type in ("cuda", "cpu")
 
 
+def to_device(model, device):
+    """The model on the device, in channels-last layout where that is faster."""
+    model = model.to(device)
+    if channels_last_helps(device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def model_loss(outputs, labels, criterion, aux_weight=0.3):
     """criterion on the logits. A model with auxiliary classifiers (GoogLeNet) returns
     (logits, aux_logits, ...) in training; their losses add with weight 0.3, as in the paper."""
