@@ -96,16 +96,12 @@ def build_parser():
                    help="images per training step")
     p.add_argument("--test-batch-size", type=common.positive_int, default=500,
                    help="batch size for val and test (speed only; the lecture used 32)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="random crop (4-pixel padding) and horizontal flip per image")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 mixed precision where the hardware has it natively (CUDA "
-                        "GPUs, CPUs with AVX512-BF16/AMX); off elsewhere")
+    common.add_augment_amp_args(p)
     p.add_argument("--lecture", action="store_true",
                    help="use the lecture's exact settings (SGD, lr 1e-3, no momentum, "
                         "l2 1e-5, no schedule, no augmentation, no clipping, PyTorch's "
                         "default init, test batch 32); with the gradient bug fixed they "
-                        "learn very slowly")
+                        "stay at chance for the first epochs")
     common.add_device_args(p)
     common.add_data_args(p)
     out = p.add_argument_group("output")

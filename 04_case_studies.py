@@ -645,12 +645,9 @@ def build_parser():
                    help="peak learning rate for every model; default: each model's own")
     p.add_argument("--l2", type=common.non_negative_float, default=None,
                    help="weight decay for every model; default: each model's own")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="random crop and horizontal flip per image")
+    common.add_augment_amp_args(p)
     p.add_argument("--aux", action="store_true",
                    help="train GoogLeNet with its auxiliary classifier (loss weight 0.3)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 mixed precision where the hardware has it natively")
     common.add_device_args(p)
     common.add_data_args(p)
     p.add_argument("--out-dir", default="runs", help="outputs go to OUT_DIR/04_case_studies/")

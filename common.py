@@ -64,13 +64,18 @@ def get_device(name="auto"):
     return device
 
 
-def device_or_exit(name):
-    """get_device from --device; a device that is not there becomes one line and exit 2."""
+def or_exit(load, *args, **kwargs):
+    """load(*args, **kwargs); a DataError becomes one 'error:' line and exit code 2."""
     try:
-        return get_device(name)
+        return load(*args, **kwargs)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def device_or_exit(name):
+    """get_device from --device, or one line and exit 2 for a device that is not there."""
+    return or_exit(get_device, name)
 
 
 def set_seed(seed):
@@ -133,6 +138,15 @@ def add_data_args(parser, with_limit=True):
                            help="use at most this many images per split (train, val, "
                                 "test) for a quick try; default: all")
     return group
+
+
+def add_augment_amp_args(parser):
+    """--augment and --amp, which mean the same in every script that trains."""
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                        help="random crop (4-pixel padding) and horizontal flip per image")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="bf16 mixed precision where the hardware has it natively "
+                             "(CUDA GPUs, CPUs with AVX512-BF16/AMX); off elsewhere")
 
 
 def add_device_args(parser):
@@ -277,13 +291,9 @@ def get_data(kind="auto", data_dir="./data", download=True, limit=None, log=prin
 
 
 def data_or_exit(args, log=print):
-    """get_data from parsed options; a DataError becomes one line and exit code 2."""
-    try:
-        return get_data(args.data, args.data_dir, download=not args.no_download,
-                        limit=args.limit, log=log)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    """get_data from parsed options, or one line and exit 2."""
+    return or_exit(get_data, args.data, args.data_dir, download=not args.no_download,
+                   limit=args.limit, log=log)
 
 
 def add_image_args(parser):
@@ -341,12 +351,8 @@ def _square(img, size):
 
 
 def image_or_exit(args):
-    """load_image from parsed options; a DataError becomes one line and exit code 2."""
-    try:
-        return load_image(args.image, args.data, args.data_dir, not args.no_download)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    """load_image from parsed options, or one line and exit 2."""
+    return or_exit(load_image, args.image, args.data, args.data_dir, not args.no_download)
 
 
 def to_tensor(array):
