@@ -35,9 +35,12 @@ def conv1d(x, k):
 
 def corr2d(X, K):
     """2-D cross-correlation of a (H, W) input with a (kh, kw) kernel, 'valid' padding:
-    Y[i, j] = sum of X[i:i+kh, j:j+kw] * K. Output (H - kh + 1, W - kw + 1)."""
+    Y[i, j] = sum of X[i:i+kh, j:j+kw] * K. Output (H - kh + 1, W - kw + 1).
+    X and K may be tensors or numpy arrays."""
+    X, K = torch.as_tensor(X), torch.as_tensor(K)
     kh, kw = K.shape
-    Y = torch.zeros(X.shape[0] - kh + 1, X.shape[1] - kw + 1, dtype=X.dtype)
+    Y = torch.zeros(X.shape[0] - kh + 1, X.shape[1] - kw + 1,
+                    dtype=torch.result_type(X, K))
     for i in range(Y.shape[0]):
         for j in range(Y.shape[1]):
             Y[i, j] = (X[i:i + kh, j:j + kw] * K).sum()
@@ -96,10 +99,11 @@ def plot_equivariance(x, k, shift, path, show):
 
 
 def plot_maps(maps, titles, path, suptitle, show, cmap="gray"):
-    """A row of 2-D maps, each with its own colour scale."""
-    fig, axes = common.plt.subplots(1, len(maps), figsize=(2.6 * len(maps), 2.9))
+    """A row of 2-D maps, each with its own colour scale and a colour bar for it."""
+    fig, axes = common.plt.subplots(1, len(maps), figsize=(3.1 * len(maps), 2.9))
     for ax, m, t in zip(np.atleast_1d(axes), maps, titles):
-        ax.imshow(m.detach().cpu().numpy(), cmap=cmap)
+        im = ax.imshow(m.detach().cpu().numpy(), cmap=cmap)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         ax.set_title(t, fontsize=9)
         ax.axis("off")
     fig.suptitle(suptitle, fontsize=10)
@@ -109,10 +113,11 @@ def plot_maps(maps, titles, path, suptitle, show, cmap="gray"):
 # ----------------------------------------------------------------------------- main
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=common.HelpFormatter)
     common.add_image_args(p)
-    p.add_argument("--seed", type=int, default=123, help="seed for the random Conv2d weights")
+    p.add_argument("--seed", type=common.seed_int, default=123,
+                   help="seed for the random Conv2d weights")
     return p
 
 
@@ -134,14 +139,23 @@ def main(argv=None):
     img = common.to_tensor(array)
     print(f"after transform (ToTensor + Normalize 0.5/0.5) (C, H, W): {tuple(img.shape)}, "
           f"values {img.min():.2f}..{img.max():.2f}")
-    print(f"an MLP on the flattened image sees {img.numel()} unrelated inputs: "
-          f"moving the object by one pixel changes which inputs light up")
-    flat = img.flatten()
-    moved = torch.roll(img, 1, dims=2).flatten()
-    cos = F.cosine_similarity(flat - flat.mean(), moved - moved.mean(), dim=0).item()
-    print(f"  correlation of the flattened image with itself shifted 1 px right: {cos:.2f} "
-          f"(1.00 would mean 'the same input' to an MLP)")
-    print(f"saved {common.imshow(img, os.path.join(out, 'image.png'), label, args.show)}")
+    print(f"an MLP on the flattened image sees {img.numel()} separate inputs, one weight "
+          f"each:")
+    moved = torch.roll(img, 1, dims=2)                        # the picture 1 pixel right
+    change = (moved - img).abs()
+    big = (change > 0.1).float().mean().item()                # 0.1 = 5% of the value range
+    print(f"  shift the picture 1 pixel right: {100 * big:.0f}% of the {img.numel()} input "
+          f"values change by more than 0.1 (mean change {change.mean():.2f} on a -1..1 "
+          f"scale), so an MLP's weights meet different numbers: to it this is a different "
+          f"picture")
+    probe = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        same = torch.allclose(probe(moved.unsqueeze(0))[..., 1:-1, 2:-1],
+                              torch.roll(probe(img.unsqueeze(0)), 1, dims=3)[..., 1:-1, 2:-1],
+                              atol=1e-5)
+    check("a convolution's output just moves along (conv(shift(x)) == shift(conv(x)) "
+          "away from the border): it finds the same features wherever they are", same)
+    print(f"saved {common.save_figure(common.imshow(img, label), os.path.join(out, 'image.png'), args.show)}")
 
     # 3.3.2 Convolution in 1-D -------------------------------------------------------
     common.section("3.3.2 Convolution vs cross-correlation in 1-D")

@@ -127,25 +127,43 @@ def plot_pooling(img, path, show):
 
 
 def plot_stages(stages, path, title, show):
-    """First 4 channels of each stage's output, one column per stage."""
-    fig, axes = common.plt.subplots(4, len(stages), figsize=(1.9 * len(stages), 7.6))
+    """First 4 channels of each stage's output, one column per stage, one colour scale per
+    column (the bar beside it); a channel that ReLU zeroed entirely is labelled so."""
+    fig, axes = common.plt.subplots(4, len(stages), figsize=(2.3 * len(stages), 7.6))
     for col, (name, t) in enumerate(stages):
+        lo, hi = t[:4].min().item(), t[:4].max().item()
         for row in range(4):
             ax = axes[row, col]
-            ax.imshow(t[row].numpy(), cmap="viridis", interpolation="nearest")
+            im = ax.imshow(t[row].numpy(), cmap="viridis", interpolation="nearest",
+                           vmin=lo, vmax=hi if hi > lo else lo + 1)
+            if not t[row].any():
+                ax.text(0.5, 0.5, "all zero\n(ReLU cut\nevery value)", ha="center",
+                        va="center", fontsize=7, color="white", transform=ax.transAxes)
             ax.axis("off")
+        fig.colorbar(im, ax=axes[:, col].tolist(), fraction=0.05, pad=0.02, shrink=0.6)
         axes[0, col].set_title(f"{name}\n{tuple(t.shape)}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return common.save_figure(fig, path, show)
 
 
+MAX_CHANNELS = 1024  # a 5x5 C->C conv at C = 1024 holds 26M weights; more is only slow
+
+
+def channels(text):
+    value = common.positive_int(text)
+    if value > MAX_CHANNELS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_CHANNELS}, got {text}")
+    return value
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
+                                formatter_class=common.HelpFormatter)
     common.add_image_args(p)
-    p.add_argument("--seed", type=int, default=123, help="seed for the random conv weights")
-    p.add_argument("--channels", type=common.positive_int, default=64,
-                   help="C for the VGG-rule tables")
+    p.add_argument("--seed", type=common.seed_int, default=123,
+                   help="seed for the random conv weights")
+    p.add_argument("--channels", type=channels, default=64,
+                   help=f"C for the VGG-rule tables, 1 to {MAX_CHANNELS}")
     return p
 
 

@@ -3,11 +3,13 @@
     python 03_cnn_train.py                      # default recipe, 40 epochs
     python 03_cnn_train.py --epochs 10          # a shorter run
     python 03_cnn_train.py --lr 0.1 0.03 0.01   # the lecture's exp1_lr: one run per lr
+    python 03_cnn_train.py --act relu tanh      # one run per activation, compared
     python 03_cnn_train.py --benchmark          # one epoch: this data path vs the notebook's
 
-Everything a run makes goes to runs/<exp-name>/ (see README).
+Everything a run makes goes to a new folder runs/<exp-name>/ (see README).
 """
 import argparse
+import functools
 import os
 import sys
 import time
@@ -19,16 +21,22 @@ import torch.nn.functional as F
 import common
 
 
+ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+
+
 # 3.3.5 conv -> ReLU -> conv -> ReLU -> pool, three times, then one fully connected layer
 class CNN(nn.Module):
     """The lecture's ConvNet for 32x32 CIFAR-10 images (82,330 parameters).
 
     Three stages of two 3x3 'same' convolutions and a 2x2 max pool; each pool halves the
-    map and the next stage doubles the channels (16, 32, 64), as VGG does.
+    map and the next stage doubles the channels (16, 32, 64), as VGG does. act is the
+    non-linearity after every conv (the notebook's args.act): relu, tanh or sigmoid.
+    init 'auto' matches it: He for ReLU, Glorot (Xavier) for tanh and sigmoid.
     """
 
-    def __init__(self, num_classes=10, init="kaiming"):
+    def __init__(self, num_classes=10, init="auto", act="relu"):
         super().__init__()
+        self.act = ACTIVATIONS[act]  # a function, not a layer: the layer list is the lecture's
         self.conv1_1 = nn.Conv2d(3, 16, 3, padding=1)
         self.conv1_2 = nn.Conv2d(16, 16, 3, padding=1)
         self.conv2_1 = nn.Conv2d(16, 32, 3, padding=1)
@@ -37,60 +45,69 @@ class CNN(nn.Module):
         self.conv3_2 = nn.Conv2d(64, 64, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(4 * 4 * 64, num_classes)
-        if init == "kaiming":
-            self.kaiming_init()
+        if init == "auto":
+            self.init_for(act)
 
-    def kaiming_init(self):
-        """He et al. 2015 initialisation for ReLU layers: weights ~ N(0, 2 / fan_in)."""
+    def init_for(self, act):
+        """He et al. 2015 for ReLU, weights ~ N(0, 2 / fan_in); Glorot and Bengio 2010 for
+        tanh and sigmoid, U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out))."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if act == "relu":
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                else:
+                    nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(act))
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x):                       # (B, 3, 32, 32)
-        x = F.relu(self.conv1_1(x))             # (B, 16, 32, 32)
-        x = self.pool(F.relu(self.conv1_2(x)))  # (B, 16, 16, 16)
-        x = F.relu(self.conv2_1(x))             # (B, 32, 16, 16)
-        x = self.pool(F.relu(self.conv2_2(x)))  # (B, 32, 8, 8)
-        x = F.relu(self.conv3_1(x))             # (B, 64, 8, 8)
-        x = self.pool(F.relu(self.conv3_2(x)))  # (B, 64, 4, 4)
-        x = torch.flatten(x, 1)                 # (B, 1024)
-        return self.fc(x)                       # (B, 10)
+    def forward(self, x):                            # (B, 3, 32, 32)
+        x = self.act(self.conv1_1(x))                # (B, 16, 32, 32)
+        x = self.pool(self.act(self.conv1_2(x)))     # (B, 16, 16, 16)
+        x = self.act(self.conv2_1(x))                # (B, 32, 16, 16)
+        x = self.pool(self.act(self.conv2_2(x)))     # (B, 32, 8, 8)
+        x = self.act(self.conv3_1(x))                # (B, 64, 8, 8)
+        x = self.pool(self.act(self.conv3_2(x)))     # (B, 64, 4, 4)
+        x = torch.flatten(x, 1)                      # (B, 1024)
+        return self.fc(x)                            # (B, 10)
 
 
 # The lecture's own settings; the defaults below differ because the lecture's plain SGD
 # at lr=1e-3 only learned through its gradient-accumulation bug (see README).
-LECTURE_SETTINGS = dict(optim="SGD", lr=[1e-3], momentum=0.0, l2=1e-5, schedule="none",
+LECTURE_SETTINGS = dict(optim=["SGD"], lr=[1e-3], momentum=0.0, l2=[1e-5], schedule="none",
                         augment=False, label_smoothing=0.0, clip_grad=0.0, test_batch_size=32,
-                        init="pytorch")
+                        init="pytorch", exp_name="cnn_lecture")
+# the options of which one may take several values: one run per value, then a comparison
+SWEEPABLE = ("lr", "act", "optim", "l2")
 
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description="Train the lecture's CNN (3.3.5) on CIFAR-10 and save curves, "
-                    "results and figures under --out-dir/--exp-name.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--exp-name", default="cnn", help="run folder name under --out-dir")
-    p.add_argument("--optim", choices=("SGD", "RMSprop", "Adam"), default="SGD",
+        description="Train the lecture's CNN (3.3.5) on CIFAR-10 and save curves, results "
+                    "and figures in a new folder OUT_DIR/EXP_NAME. One of --lr, --act, "
+                    "--optim, --l2 may take several values: one run per value, all from "
+                    "the same seed and data order, then a figure and a table compare them.",
+        formatter_class=common.HelpFormatter)
+    p.add_argument("--optim", choices=("SGD", "RMSprop", "Adam"), nargs="+", default=["SGD"],
                    help="optimizer (SGD uses Nesterov momentum when --momentum > 0)")
     p.add_argument("--momentum", type=common.non_negative_float, default=0.9,
                    help="momentum for SGD and RMSprop")
     p.add_argument("--lr", type=common.positive_float, nargs="+", default=[0.05],
-                   help="learning rate (peak rate of the schedule); several values run "
-                        "one experiment each and a figure compares them")
-    p.add_argument("--l2", type=common.non_negative_float, default=5e-4,
+                   help="learning rate (peak rate of the schedule)")
+    p.add_argument("--act", choices=tuple(ACTIVATIONS), nargs="+", default=["relu"],
+                   help="activation after every conv (the notebook's args.act)")
+    p.add_argument("--l2", type=common.non_negative_float, nargs="+", default=[5e-4],
                    help="L2 penalty (weight decay)")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "none"), default="onecycle",
                    help="learning-rate schedule: onecycle warms up for 20%% of the steps "
                         "then falls linearly to 0; cosine decays to 0; none keeps --lr")
-    p.add_argument("--label-smoothing", type=common.non_negative_float, default=0.0,
-                   help="cross-entropy label smoothing")
+    p.add_argument("--label-smoothing", type=common.fraction, default=0.0,
+                   help="cross-entropy label smoothing, 0 to 1")
     p.add_argument("--clip-grad", type=common.non_negative_float, default=5.0,
                    help="clip the gradient norm to this value before each step (guards "
                         "the peak of the schedule against rare spikes); 0 turns it off")
-    p.add_argument("--init", choices=("kaiming", "pytorch"), default="kaiming",
-                   help="weight initialisation: kaiming (He et al. 2015, for ReLU) or "
-                        "pytorch (the library's default, which the lecture used)")
+    p.add_argument("--init", choices=("auto", "pytorch"), default="auto",
+                   help="weight initialisation: auto matches --act (He et al. 2015 for "
+                        "relu, Glorot/Xavier 2010 for tanh and sigmoid); pytorch is the "
+                        "library's default, which the lecture used")
     p.add_argument("--epochs", type=common.positive_int, default=40, help="training epochs")
     p.add_argument("--train-batch-size", type=common.positive_int, default=128,
                    help="images per training step")
@@ -98,17 +115,16 @@ def build_parser():
                    help="batch size for val and test (speed only; the lecture used 32)")
     common.add_augment_amp_args(p)
     p.add_argument("--lecture", action="store_true",
-                   help="use the lecture's exact settings (SGD, lr 1e-3, no momentum, "
-                        "l2 1e-5, no schedule, no augmentation, no clipping, PyTorch's "
-                        "default init, test batch 32); with the gradient bug fixed they "
-                        "stay at chance for the first epochs")
+                   help="start from the lecture's settings (SGD, lr 1e-3, no momentum, l2 "
+                        "1e-5, no schedule, no augmentation, no clipping, PyTorch's default "
+                        "init, test batch 32, exp-name cnn_lecture); an option you also give "
+                        "explicitly wins. With the gradient bug fixed they stay at chance "
+                        "(10%%) for the first epochs")
     common.add_device_args(p)
     common.add_data_args(p)
-    out = p.add_argument_group("output")
-    out.add_argument("--out-dir", default="runs", help="folder for all runs")
+    out = common.add_output_args(p, default_name="cnn")
     out.add_argument("--save-model", action="store_true",
                      help="also save model.pt (state_dict and settings)")
-    out.add_argument("--show", action="store_true", help="also open the figures in windows")
     p.add_argument("--benchmark", action="store_true",
                    help="time one epoch (train + val) through this project's data path and "
                         "through the notebook's (PIL transforms, DataLoader rebuilt), print "
@@ -116,141 +132,225 @@ def build_parser():
     return p
 
 
+def explicit_options(parser, argv):
+    """The dest names of the options given on the command line (defaults left out)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.lecture:
+        given = explicit_options(build_parser(), argv)
         for key, value in LECTURE_SETTINGS.items():
-            setattr(args, key, value)
-    if len(set(args.lr)) != len(args.lr):
-        parser.error("--lr: the values must differ")
+            if key in given:
+                print(f"--lecture: your --{key.replace('_', '-')} replaces the lecture's "
+                      f"{' '.join(map(str, value)) if isinstance(value, list) else value}")
+            else:
+                setattr(args, key, value)
+    swept = [k for k in SWEEPABLE if len(getattr(args, k)) > 1]
+    if len(swept) > 1:
+        parser.error(f"only one option may take several values; got several for "
+                     f"{', '.join('--' + k for k in swept)}: run one sweep at a time")
+    for key in SWEEPABLE:
+        values = getattr(args, key)
+        if len(set(values)) != len(values):
+            parser.error(f"--{key}: the values must differ")
+    args.sweep = swept[0] if swept else None
     return args
 
 
-def run_settings(args, lr):
-    keys = ("optim", "momentum", "l2", "schedule", "label_smoothing", "clip_grad", "init",
-            "epochs", "train_batch_size", "test_batch_size", "augment", "amp", "seed", "data",
-            "limit")
+def run_plan(args):
+    """[(run name, {option: value})], one entry per run of the sweep (or the one run)."""
+    if args.sweep is None:
+        return [(args.exp_name, {})]
+    plan = []
+    for value in getattr(args, args.sweep):
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        name = f"{args.exp_name}_{args.sweep}{text}" if isinstance(value, float) \
+            else f"{args.exp_name}_{text}"
+        plan.append((name, {args.sweep: value}))
+    return plan
+
+
+def run_settings(args, precision, **value):
+    keys = ("momentum", "schedule", "label_smoothing", "clip_grad", "init", "epochs",
+            "train_batch_size", "test_batch_size", "augment", "seed", "data", "limit",
+            "deterministic")
     settings = {k: getattr(args, k) for k in keys}
-    settings.update(model="CNN", lr=lr)
+    settings.update({k: getattr(args, k)[0] for k in SWEEPABLE})
+    settings.update(value, model="CNN", precision=precision)
     return settings
 
 
-def save_run(folder, net, settings, result, partition, device, loaders, args, log):
-    """Every output of one run; returns the path of result.json."""
+def save_run(folder, net, settings, result, partition, device, args):
+    """Every output of one run, result.json first; returns the files that failed."""
     tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
     name = os.path.basename(folder)
-    common.plot_loss_variation(result, os.path.join(folder, "loss.png"),
-                               f"{name}: loss{tag}", args.show)
-    common.plot_acc_variation(result, os.path.join(folder, "accuracy.png"),
-                              f"{name}: accuracy{tag}", args.show)
     classes = partition["classes"]
     per_class = None
-    if result["test_acc"] is not None:
-        preds, labels = common.predict(net, loaders["test"], device, args.amp)
-        matrix = common.confusion_matrix(preds, labels, len(classes))
-        common.plot_confusion(matrix, classes, os.path.join(folder, "confusion.png"),
-                              f"{name}: confusion matrix (test){tag}", args.show)
+    if result["test_confusion"] is not None:
+        matrix = torch.tensor(result["test_confusion"])
         totals = matrix.sum(1).clamp(min=1)
         per_class = {c: round(100.0 * matrix[i, i].item() / totals[i].item(), 2)
                      for i, c in enumerate(classes)}
-        log("per-class test accuracy: " +
-            ", ".join(f"{c} {a:.1f}%" for c, a in per_class.items()))
-    plot_filters(net.conv1_1.weight, os.path.join(folder, "filters.png"),
-                 f"{name}: conv1_1 filters{tag}", args.show)
+        print("per-class test accuracy: " +
+              ", ".join(f"{c} {a:.1f}%" for c, a in per_class.items()))
+    record = common.run_record(settings, result, device, partition["kind"],
+                               per_class_test_acc=per_class)
+    join = functools.partial(os.path.join, folder)
+    jobs = [(join("result.json"), functools.partial(common.save_json, record)),
+            (join("loss.png"), lambda path: common.save_figure(
+                common.plot_loss_variation(result, f"{name}: loss{tag}"), path, args.show)),
+            (join("accuracy.png"), lambda path: common.save_figure(
+                common.plot_acc_variation(result, f"{name}: accuracy{tag}"), path,
+                args.show))]
+    if result["test_confusion"] is not None:
+        jobs.append((join("confusion.png"), lambda path: common.save_figure(
+            common.plot_confusion(result["test_confusion"], classes,
+                                  f"{name}: confusion matrix (test){tag}"), path, args.show)))
+    jobs.append((join("filters.png"), lambda path: common.save_figure(
+        plot_filters(net.conv1_1.weight, f"{name}: conv1_1 filters{tag}"), path, args.show)))
     if args.save_model:
         state = {k: v.cpu() for k, v in net.state_dict().items()}  # loads on any machine
-        common.save_torch({"state_dict": state, "settings": settings},
-                          os.path.join(folder, "model.pt"))
-    secs = result["epoch_seconds"]
-    record = {"settings": settings, "result": result, "per_class_test_acc": per_class,
-              "device": str(device), "data": partition["kind"],
-              "seconds_per_epoch": sum(secs) / len(secs) if secs else None,
-              "status": result["status"], "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d")}
-    return common.save_json(record, os.path.join(folder, "result.json"))
+        jobs.append((join("model.pt"), functools.partial(
+            common.save_torch, {"state_dict": state, "settings": settings})))
+    return common.save_all(jobs)
 
 
-def plot_filters(weight, path, title="", show=False):
+def plot_filters(weight, title=""):
     """The 16 learned 3x3x3 filters of the first layer, each scaled to [0, 1] as RGB."""
     w = weight.detach().float().cpu()
-    lo = w.amin(dim=(1, 2, 3), keepdim=True)
-    hi = w.amax(dim=(1, 2, 3), keepdim=True)
-    w = (w - lo) / (hi - lo).clamp(min=1e-8)
     fig, axes = common.plt.subplots(2, 8, figsize=(8, 2.4))
-    for ax, f in zip(axes.flat, w):
-        ax.imshow(f.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.axis("off")
-    fig.suptitle(title)
-    return common.save_figure(fig, path, show)
+    if not torch.isfinite(w).all():
+        for ax in axes.flat:
+            ax.axis("off")
+        fig.text(0.5, 0.45, "the weights are NaN or infinite: the run diverged",
+                 ha="center", va="center")
+    else:
+        lo = w.amin(dim=(1, 2, 3), keepdim=True)
+        hi = w.amax(dim=(1, 2, 3), keepdim=True)
+        w = (w - lo) / (hi - lo).clamp(min=1e-8)
+        for ax, f in zip(axes.flat, w):
+            ax.imshow(f.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.axis("off")
+    fig.suptitle(f"{title} (each scaled to its own min..max)")
+    return fig
 
 
-def new_model(partition, device, init="kaiming"):
-    return common.to_device(CNN(len(partition["classes"]), init), device)
+def new_model(partition, device, init="auto", act="relu"):
+    return common.to_device(CNN(len(partition["classes"]), init, act), device)
+
+
+def epochs_to(errors, level=25.0):
+    """First epoch (counted from 1) at which the training error fell below level %."""
+    return next((i + 1 for i, e in enumerate(errors) if e < level), None)
+
+
+def summarize(rows, option):
+    """The sweep's table: one row per value."""
+    print(f"\n{option:>8s} {'best val':>9s} {'test acc':>9s} {'s/epoch':>8s} "
+          f"{'train error < 25% at epoch':>27s}  status")
+
+    def fmt(v, spec=".2f"):
+        return "-" if v is None else format(v, spec)
+
+    for r in rows:
+        print(f"{str(r['value']):>8s} {fmt(r['val_acc']):>9s} {fmt(r['test_acc']):>9s} "
+              f"{fmt(r['seconds_per_epoch']):>8s} "
+              f"{fmt(r['epochs_to_25'], 'd') if r['epochs_to_25'] else 'not reached':>27s}"
+              f"  {r['status']}")
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.show:
         common.enable_show()
+    if args.deterministic:
+        common.set_deterministic()
     device = common.device_or_exit(args.device)
+    plan = run_plan(args)
+    if not args.benchmark:
+        common.or_exit(common.check_out_dir, args.out_dir, [args.exp_name])
     partition = common.data_or_exit(args)
+    precision = common.choose_precision(device, args.amp)
     common.set_seed(args.seed)
     if args.benchmark:
-        return benchmark(args, partition, device)
-    print(f"device: {device}, data: {partition['kind']} "
-          f"(train {len(partition['train'][1])}, val {len(partition['val'][1])}, "
-          f"test {len(partition['test'][1])})")
+        return benchmark(args, partition, device, precision)
+    print(f"device: {device} ({common.device_name(device)}), precision {precision}, data: "
+          f"{partition['kind']} (train {len(partition['train'][1])}, val "
+          f"{len(partition['val'][1])}, test {len(partition['test'][1])})")
 
-    curves, status = {}, 0
-    for lr in args.lr:
-        name = args.exp_name if len(args.lr) == 1 else f"{args.exp_name}_lr{lr:g}"
-        folder = os.path.join(args.out_dir, name)
-        print(f"== {name}: {args.optim} lr={lr:g} epochs={args.epochs} -> {folder}")
-        common.set_seed(args.seed)  # every lr starts from the same weights and data order
-        net = new_model(partition, device, args.init)
+    rows, status = [], 0
+    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
+    for name, value in plan:
+        settings = run_settings(args, precision, **value)
+        folder = common.claim_run_dir(args.out_dir, name)
+        print(f"== {os.path.basename(folder)}: {settings['optim']} lr={settings['lr']:g} "
+              f"act={settings['act']} l2={settings['l2']:g} "
+              f"{common.epochs_text(args.epochs)} -> {folder}")
+        common.set_seed(args.seed)  # every run starts from the same weights and data order
+        net = new_model(partition, device, args.init, settings["act"])
         loaders = common.make_loaders(partition, device, args.train_batch_size,
                                       args.test_batch_size, args.augment, args.seed)
-        settings = run_settings(args, lr)
         try:
-            settings, result = common.experiment(net, loaders, settings, device)
-        except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+            settings, result = common.fit(net, loaders, settings, device)
+        except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is one
             if not common.is_out_of_memory(err):
                 raise
             print(f"error: out of memory on {device} with batch size "
-                  f"{args.train_batch_size}; try a smaller --train-batch-size",
-                  file=sys.stderr)
+                  f"{args.train_batch_size}; try a smaller --train-batch-size "
+                  f"(runs finished before this one are saved)", file=sys.stderr)
+            if not os.listdir(folder):
+                os.rmdir(folder)
             return 1
-        try:
-            path = save_run(folder, net, settings, result, partition, device, loaders,
-                            args, print)
-        except KeyboardInterrupt:
-            result["status"] = "interrupted"
-            path = save_run(folder, net, settings, result, partition, device, loaders,
-                            args, print)
+        with common.saving():
+            missing = save_run(folder, net, settings, result, partition, device, args)
         accs = ", ".join(f"{k} acc {result[k + '_acc']:.2f}%" for k in ("val", "test")
                          if result[k + "_acc"] is not None)
-        print(f"{name}: status {result['status']}{', ' + accs if accs else ''}; saved {path}")
-        curves[f"lr={lr:g}"] = result["val_accs"]
-        if result["status"] == "interrupted":
-            status = 130
+        if missing:
+            status = common.report_missing(folder, missing)
+        else:
+            print(f"{os.path.basename(folder)}: {result['status']}"
+                  f"{', ' + accs if accs else ''}; saved in {folder}")
+        secs = result["epoch_seconds"]
+        rows.append({"value": next(iter(value.values()), None), "name": name,
+                     "val_acc": result["val_acc"], "test_acc": result["test_acc"],
+                     "seconds_per_epoch": sum(secs) / len(secs) if secs else None,
+                     "epochs_to_25": epochs_to([100 - a for a in result["train_accs"]]),
+                     "status": result["status"], "result": result})
+        if result["status"] == "interrupted" or common.stop_requested():
+            status = common.interrupted_exit_code()
+            print(f"stopped by {common.stop_requested()}; the finished epochs are saved",
+                  file=sys.stderr)
             break
         if result["status"] == "diverged":
-            status = status or 3
-    if len(curves) > 1:
-        tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
-        path = common.plot_curves(curves, os.path.join(args.out_dir, f"{args.exp_name}_lr.png"),
-                                  f"{args.exp_name}: val accuracy per lr{tag}",
-                                  show=args.show)
-        print(f"saved {path}")
+            status = status or common.EXIT_DIVERGED
+    if args.sweep:
+        summarize(rows, args.sweep)
+        label = {r["name"]: f"{args.sweep}={r['value']}" for r in rows}
+        fig = common.plot_curves(
+            [("training error (%)", {label[r["name"]]: [100 - a for a in r["result"]["train_accs"]]
+                                     for r in rows}),
+             ("val accuracy (%)", {label[r["name"]]: r["result"]["val_accs"] for r in rows})],
+            f"{args.exp_name}: one run per {args.sweep}, {common.epochs_text(args.epochs)}{tag}")
+        path = common.claim_path(os.path.join(args.out_dir, f"{args.exp_name}_{args.sweep}.png"))
+        with common.saving():
+            missing = common.save_all([(path, lambda p: common.save_figure(fig, p, args.show))])
+        if missing:
+            status = common.report_missing(args.out_dir, missing)
+        else:
+            print(f"saved {path}")
     return status
 
 
 # ----------------------------------------------------------------------------- benchmark
 
-def notebook_epoch(net, partition, args, device, amp=None):
-    """One epoch the notebook's way: a PIL image per sample through torchvision
-    transforms, a DataLoader (num_workers=0) rebuilt for the epoch."""
+def notebook_loaders(partition, args):
+    """The notebook's data path: a PIL image per sample through torchvision transforms in
+    a DataLoader (num_workers=0), rebuilt for the epoch."""
     import torchvision.transforms as T
     from PIL import Image
 
@@ -266,62 +366,78 @@ def notebook_epoch(net, partition, args, device, amp=None):
         def __getitem__(self, i):
             return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
-    norm = [T.ToTensor(), T.Normalize(common.MEAN, common.STD)]
+    norm = [T.ToTensor(), T.Normalize((common.MEAN,) * 3, (common.STD,) * 3)]
     aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if args.augment else []
     train_set = PILSet(*partition["train"], T.Compose(aug + norm))
     val_set = PILSet(*partition["val"], T.Compose(norm))
-    loaders = {"train": torch.utils.data.DataLoader(train_set, args.train_batch_size,
-                                                    shuffle=True, num_workers=0),
-               "val": torch.utils.data.DataLoader(val_set, args.test_batch_size,
-                                                  num_workers=0)}
-    return timed_epoch(net, loaders, args, device, amp)
+    return {"train": torch.utils.data.DataLoader(train_set, args.train_batch_size,
+                                                 shuffle=True, num_workers=0),
+            "val": torch.utils.data.DataLoader(val_set, args.test_batch_size, num_workers=0)}
 
 
-def timed_epoch(net, loaders, args, device, amp=None):
-    """Seconds for one training epoch plus one validation pass."""
-    amp = args.amp if amp is None else amp
+def timed_epoch(net, loaders, args, device, precision):
+    """Seconds for one training epoch plus one validation pass, the device synchronised."""
     criterion = nn.CrossEntropyLoss()
-    optimizer = common.make_optimizer(net.parameters(), args.optim, args.lr[0], args.l2,
-                                      args.momentum)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr[0], momentum=args.momentum,
+                                weight_decay=args.l2[0], nesterov=args.momentum > 0)
+    dtype = common.AMP_DTYPES[precision]
+    common.synchronize(device)
     start = time.perf_counter()
-    common.train(net, loaders["train"], optimizer, criterion, device, amp=amp)
-    common.validate(net, loaders["val"], criterion, device, amp=amp)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    common.train(net, loaders["train"], optimizer, criterion, device, amp_dtype=dtype,
+                 scaler=common.make_scaler(device, precision))
+    common.validate(net, loaders["val"], criterion, device, amp_dtype=dtype)
+    common.synchronize(device)
     return time.perf_counter() - start
 
 
-def benchmark(args, partition, device):
+def warmup_subset(partition, args):
+    """A few images per split with every batch shape the timed epoch meets: one full
+    batch and the last, partial one (train and val)."""
+    subset = {}
+    for split, bs in (("train", args.train_batch_size), ("val", args.test_batch_size)):
+        x, y = partition[split]
+        rest = len(y) % bs
+        n = min(len(y), bs + (rest or bs))
+        keep = torch.cat([torch.arange(bs), torch.arange(len(y) - (n - bs), len(y))])[:n] \
+            if n > bs else torch.arange(n)
+        subset[split] = (x[keep], y[keep])
+    subset["test"] = subset["val"]
+    return subset
+
+
+def benchmark(args, partition, device, precision):
     """Time one epoch (train + val) through both data paths in the same process."""
     print(f"benchmark: one epoch (train {len(partition['train'][1])} + val "
           f"{len(partition['val'][1])}), CNN, batch {args.train_batch_size}/"
-          f"{args.test_batch_size}, augment={args.augment}, device {device}, "
-          f"data {partition['kind']}, bf16 {args.amp and common.amp_supported(device)}")
+          f"{args.test_batch_size}, augment={args.augment}, device {device} "
+          f"({common.device_name(device)}), data {partition['kind']}, precision "
+          f"{precision}; fp32 rows: {common.tf32_note(device)}")
 
     def fresh(layout=True):
         common.set_seed(args.seed)
-        net = new_model(partition, device, args.init)
+        net = new_model(partition, device, args.init, args.act[0])
         return net if layout else net.to(memory_format=torch.contiguous_format)
 
-    # warm-up on a few batches so one-time setup costs count for neither path
-    small = {k: (x[:2 * args.train_batch_size], y[:2 * args.train_batch_size])
-             for k, (x, y) in ((s, partition[s]) for s in ("train", "val", "test"))}
-    timed_epoch(fresh(), common.make_loaders(small, device, args.train_batch_size,
-                                             args.test_batch_size, args.augment), args, device)
-    ours = timed_epoch(fresh(), common.make_loaders(partition, device, args.train_batch_size,
-                                                    args.test_batch_size, args.augment,
-                                                    args.seed), args, device)
-    notebook = notebook_epoch(fresh(), partition, args, device)
+    def ours(part):
+        return common.make_loaders(part, device, args.train_batch_size, args.test_batch_size,
+                                   args.augment, args.seed)
+
+    # warm-up on every batch shape, so one-time setup costs count for neither path
+    small = warmup_subset(partition, args)
+    timed_epoch(fresh(), ours(small), args, device, precision)
+    timed_epoch(fresh(), notebook_loaders(small, args), args, device, precision)
+    timed_epoch(fresh(False), notebook_loaders(small, args), args, device, "fp32")
+    project = timed_epoch(fresh(), ours(partition), args, device, precision)
+    notebook = timed_epoch(fresh(), notebook_loaders(partition, args), args, device, precision)
     # the notebook as it ran: its data path and fp32 in the default memory layout
-    as_written = notebook_epoch(fresh(layout=False), partition, args, device, amp=False)
-    print(f"project data path            : {ours:8.2f} s/epoch")
+    as_written = timed_epoch(fresh(False), notebook_loaders(partition, args), args, device,
+                             "fp32")
+    print(f"project data path            : {project:8.2f} s/epoch")
     print(f"notebook data path           : {notebook:8.2f} s/epoch (same model settings)")
     print(f"notebook as written (fp32)   : {as_written:8.2f} s/epoch")
-    print(f"ratio (project / notebook): {ours / notebook:.2f}x "
+    print(f"ratio (project / notebook): {project / notebook:.2f}x "
           f"(target: <= 0.75x on CPU, <= 0.2x on a GPU); "
-          f"against the notebook as written: {ours / as_written:.2f}x")
+          f"against the notebook as written: {project / as_written:.2f}x")
     return 0
 
 

@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import re
+import sys
 import time
 from collections import OrderedDict
 
@@ -433,36 +434,36 @@ def stage_shapes(model, size=32):
     return shapes
 
 
-def throughput(model, device, batch=32, steps=3):
-    """Training images per second (forward + backward + SGD step), after one warm-up step."""
-    model = model.to(device).train()
+def throughput(model, device, precision="fp32", batch=32, steps=3):
+    """Training images per second (forward + backward + SGD step) as training runs them:
+    the same precision and memory layout, after one warm-up step, the device synchronised."""
+    model = common.to_device(model, device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    for i in range(steps + 1):
-        if i == 1:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with common.autocast(device):
-            loss = common.model_loss(model(x), y, F.cross_entropy)
-        loss.backward()
-        opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if common.channels_last_helps(device):
+        x = x.contiguous(memory_format=torch.channels_last)
+    batches = [(x, torch.randint(0, 10, (batch,), device=device))]
+    dtype, scaler = common.AMP_DTYPES[precision], common.make_scaler(device, precision)
+    common.train(model, batches, opt, nn.CrossEntropyLoss(), device, amp_dtype=dtype,
+                 scaler=scaler)
+    common.synchronize(device)
+    start = time.perf_counter()
+    common.train(model, batches * steps, opt, nn.CrossEntropyLoss(), device, amp_dtype=dtype,
+                 scaler=scaler)
+    common.synchronize(device)
     return steps * batch / (time.perf_counter() - start)
 
 
-def compare(names, device, log=print):
-    """One row per model: parameters, multiply-adds, stage shapes, training throughput."""
-    rows = []
+def compare(names, device, precision="fp32", log=print, rows=None):
+    """One row per model: parameters, multiply-adds, stage shapes, training throughput.
+    Rows are appended to `rows` as they are measured (kept if interrupted)."""
+    rows = [] if rows is None else rows
     for name in names:
         torch.manual_seed(0)
         model = build(name)
         row = {"model": name, "params": count_params(model), "macs": count_macs(model),
                "stages": stage_shapes(model)}
-        row["train_images_per_s"] = throughput(model, device)
+        row["train_images_per_s"] = round(throughput(model, device, precision), 1)
         rows.append(row)
         log(f"{name:11s} {row['params']:>11,d} {row['macs'] / 1e6:>10.1f} "
             f"{row['train_images_per_s']:>10.0f}   " +
@@ -470,22 +471,47 @@ def compare(names, device, log=print):
     return rows
 
 
-def plot_compare(rows, path, title, show=False):
+def dot_size(rate, top):
+    return 20 + 400 * (rate / top) ** 0.5
+
+
+def plot_compare(rows, title):
     fig, ax = common.plt.subplots(figsize=(7, 5))
     top = max(r["train_images_per_s"] for r in rows)
     labels = {}  # models at (nearly) the same point share one label
     for r in rows:
         x, y = r["macs"] / 1e6, r["params"] / 1e6
-        ax.scatter(x, y, s=20 + 400 * (r["train_images_per_s"] / top) ** 0.5, alpha=0.6)
+        ax.scatter(x, y, s=dot_size(r["train_images_per_s"], top), alpha=0.6)
         key = (round(math.log10(x), 1), round(math.log10(y), 1))
         labels.setdefault(key, [x, y, []])[2].append(r["model"])
     for x, y, names in labels.values():
         ax.annotate(", ".join(names), (x, y), fontsize=8, xytext=(5, 5),
                     textcoords="offset points")
+    for rate in (top, top / 10, top / 100):  # the dot-size key
+        ax.scatter([], [], s=dot_size(rate, top), color="gray", alpha=0.4,
+                   label=f"{rate:,.0f} images/s")
+    ax.legend(title="dot size: training speed", loc="upper left", bbox_to_anchor=(1.01, 1),
+              labelspacing=1.5, borderpad=1)
     ax.set(xscale="log", yscale="log", xlabel="multiply-adds per image (millions)",
            ylabel="parameters (millions)", title=title)
     ax.grid(alpha=0.3, which="both")
-    return common.save_figure(fig, path, show)
+    return fig
+
+
+def plot_accuracy_vs_cost(table, title):
+    """The classic chart: test accuracy of each trained model against its mult-adds."""
+    fig, ax = common.plt.subplots(figsize=(6.5, 4.5))
+    for r in table:
+        if r["test_acc"] is not None:
+            ax.scatter(r["macs"] / 1e6, r["test_acc"], s=40)
+            ax.annotate(r["model"], (r["macs"] / 1e6, r["test_acc"]), fontsize=8,
+                        xytext=(5, 5), textcoords="offset points")
+    if not any(r["test_acc"] is not None for r in table):
+        ax.text(0.5, 0.5, "no model finished an epoch", transform=ax.transAxes, ha="center")
+    ax.set(xscale="log", ylim=(0, 100), xlabel="multiply-adds per image (millions)",
+           ylabel="test accuracy (%)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    return fig
 
 
 # ============================================================================ design rules
@@ -528,10 +554,13 @@ def design_rules(log=print):
 
     torch.manual_seed(0)
     base, se = count_params(ResNet(20)), count_params(ResNet(20, block=SEBasicBlock))
+    macs = count_macs(ResNet(20)), count_macs(ResNet(20, block=SEBasicBlock))
     log(f"SE block: ResNet-20 {base:,} params, SE-ResNet-20 {se:,} "
-        f"(+{se - base:,}, +{100 * (se - base) / base:.1f}%)")
-    log("  lesson: a channel-wise gate costs two small FC layers per block, a few percent "
-        "of the parameters, and almost no multiply-adds")
+        f"(+{se - base:,}, +{100 * (se - base) / base:.1f}%); mult-adds "
+        f"+{100 * (macs[1] - macs[0]) / macs[0]:.2f}%")
+    log(f"  lesson: a channel-wise gate costs two small FC layers per block: "
+        f"{100 * (se - base) / base:.1f}% more parameters and "
+        f"{100 * (macs[1] - macs[0]) / macs[0]:.2f}% more multiply-adds")
     facts["se_overhead"] = {"resnet20": base, "seresnet20": se}
 
     grads = {}
@@ -545,10 +574,13 @@ def design_rules(log=print):
             f"plain {p:.3g}, residual {q:.3g}")
     plain = grads[(56, False)] / grads[(20, False)]
     res = grads[(56, True)] / grads[(20, True)]
+    plain_x, res_x = max(plain, 1 / plain), max(res, 1 / res)
     log(f"  lesson: from 20 to 56 layers the gradient reaching the first layer "
-        f"{'grows' if plain > 1 else 'shrinks'} {max(plain, 1 / plain):.0f}x in the plain net "
-        f"and changes {max(res, 1 / res):.1f}x in the residual one: every shortcut passes "
-        f"the gradient back unchanged, so depth does not blow it up or wash it out")
+        f"{'grows' if plain > 1 else 'shrinks'} {plain_x:.1f}x in the plain net and "
+        f"{'grows' if res > 1 else 'shrinks'} {res_x:.1f}x in the residual one" +
+        (f": {plain_x / res_x:.0f}x less change, because every shortcut passes the "
+         f"gradient back unchanged" if res_x < plain_x else
+         ": the shortcuts did not steady it here"))
     facts["first_layer_grad_norm"] = {f"{'residual' if r else 'plain'}{d}": g
                                       for (d, r), g in grads.items()}
 
@@ -567,13 +599,14 @@ def design_rules(log=print):
 
 # ============================================================================ training
 
-def train_models(names, args, device):
+def train_models(names, args, device, precision):
     """Train each model under one budget; val selects the epoch, test is read once."""
     partition = common.data_or_exit(args)
     tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
     out = os.path.join(args.out_dir, "04_case_studies")
-    print(f"device: {device}, data: {partition['kind']}, epochs {args.epochs}, "
-          f"batch {args.batch_size}, augment {args.augment}, seed {args.seed}")
+    print(f"device: {device} ({common.device_name(device)}), precision {precision}, data: "
+          f"{partition['kind']}, {common.epochs_text(args.epochs)}, batch {args.batch_size}, "
+          f"augment {args.augment}, seed {args.seed}")
     table, curves, status = [], {}, 0
     for name in names:
         ctor, lr, l2 = model_spec(name)
@@ -584,46 +617,82 @@ def train_models(names, args, device):
             GoogLeNet(aux=True) if name == "googlenet" and args.aux else ctor(), device)
         settings = {"model": name, "optim": "SGD", "momentum": 0.9,
                     "lr": args.lr or lr, "l2": args.l2 if args.l2 is not None else l2,
-                    "epochs": args.epochs, "schedule": "onecycle", "amp": args.amp,
+                    "epochs": args.epochs, "schedule": "onecycle", "precision": precision,
                     "train_batch_size": args.batch_size, "augment": args.augment,
                     "aux": bool(args.aux and name == "googlenet"),
-                    "seed": args.seed, "data": partition["kind"]}
+                    "seed": args.seed, "data": partition["kind"], "limit": args.limit}
+        folder = common.claim_run_dir(out, name)
         print(f"== {name}: {count_params(model):,} params, lr {settings['lr']:g}, "
-              f"l2 {settings['l2']:g}")
-        settings, result = common.experiment(model, loaders, settings, device)
-        folder = os.path.join(out, name)
-        common.plot_loss_variation(result, os.path.join(folder, "loss.png"),
-                                   f"{name}: loss{tag}", args.show)
-        common.plot_acc_variation(result, os.path.join(folder, "accuracy.png"),
-                                  f"{name}: accuracy{tag}", args.show)
+              f"l2 {settings['l2']:g} -> {folder}")
+        try:
+            settings, result = common.fit(model, loaders, settings, device)
+        except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is one
+            if not common.is_out_of_memory(err):
+                raise
+            print(f"error: out of memory on {device} training {name} with batch size "
+                  f"{args.batch_size}; try a smaller --batch-size (models finished before "
+                  f"it are saved)", file=sys.stderr)
+            if not os.listdir(folder):
+                os.rmdir(folder)
+            status = 1
+            break
         secs = result["epoch_seconds"]
         row = {"model": name, "test_acc": result["test_acc"], "val_acc": result["val_acc"],
-               "params": count_params(model),
-               "seconds_per_epoch": sum(secs) / len(secs) if secs else None,
-               "status": result["status"], "device": str(device)}
-        common.save_json({"settings": settings, "result": result, **row,
-                          "data": partition["kind"]}, os.path.join(folder, "result.json"))
+               "params": count_params(model), "macs": count_macs(ctor()),
+               "seconds_per_epoch": round(sum(secs) / len(secs), 2) if secs else None,
+               "status": result["status"], "folder": folder}
+        record = common.run_record(settings, result, device, partition["kind"], **row)
+        with common.saving():
+            missing = common.save_all([
+                (os.path.join(folder, "result.json"),
+                 lambda path: common.save_json(record, path)),
+                (os.path.join(folder, "loss.png"), lambda path: common.save_figure(
+                    common.plot_loss_variation(result, f"{name}: loss{tag}"), path,
+                    args.show)),
+                (os.path.join(folder, "accuracy.png"), lambda path: common.save_figure(
+                    common.plot_acc_variation(result, f"{name}: accuracy{tag}"), path,
+                    args.show))])
+        if missing:
+            status = common.report_missing(folder, missing)
         table.append(row)
         curves[name] = result["val_accs"]
-        if result["status"] == "interrupted":
-            status = 130
+        if result["status"] == "interrupted" or common.stop_requested():
+            status = common.interrupted_exit_code()
             break
         if result["status"] == "diverged":
-            status = 3
+            status = status or common.EXIT_DIVERGED
+    if not table:
+        return status
     print(f"\n{'model':11s} {'test acc':>9s} {'val acc':>8s} {'params':>11s} {'s/epoch':>8s}  "
           f"status")
+
     def fmt(v):
         return f"{v:.2f}" if v is not None else "-"
 
     for r in table:
         print(f"{r['model']:11s} {fmt(r['test_acc']):>9s} {fmt(r['val_acc']):>8s} "
               f"{r['params']:>11,d} {fmt(r['seconds_per_epoch']):>8s}  {r['status']}")
-    path = common.save_json({"data": partition["kind"], "device": str(device),
-                             "epochs": args.epochs, "date": time.strftime("%Y-%m-%d"),
-                             "models": table}, os.path.join(out, "train_results.json"))
-    fig = common.plot_curves(curves, os.path.join(out, "val_accuracy.png"),
-                             f"val accuracy, {args.epochs} epochs{tag}", show=args.show)
-    print(f"saved {path}, {fig} and per-model folders in {out}/")
+    summary = {"data": partition["kind"], "device": str(device),
+               "device_name": common.device_name(device), "precision": precision,
+               "epochs": args.epochs, "torch": torch.__version__,
+               "date": time.strftime("%Y-%m-%d"), "models": table}
+    title = f"{common.epochs_text(args.epochs)}{tag}"
+    jobs = [(os.path.join(out, "train_results.json"),
+             lambda path: common.save_json(summary, path)),
+            (os.path.join(out, "val_accuracy.png"), lambda path: common.save_figure(
+                common.plot_curves([("val accuracy (%)", curves)], f"val accuracy, {title}"),
+                path, args.show)),
+            (os.path.join(out, "accuracy_vs_cost.png"), lambda path: common.save_figure(
+                plot_accuracy_vs_cost(table, f"test accuracy vs cost, {title}"), path,
+                args.show))]
+    with common.saving():
+        missing = common.save_all(jobs)
+    if missing:
+        return common.report_missing(out, missing)
+    print(f"saved {', '.join(path for path, _ in jobs)} and the per-model folders")
+    if status in (130, 129, 143):
+        print(f"stopped by {common.stop_requested()}; the finished models are saved",
+              file=sys.stderr)
     return status
 
 
@@ -633,7 +702,7 @@ def build_parser():
     p = argparse.ArgumentParser(
         description="3.4 case studies: compare LeNet-5 ... SE-ResNet (default), or train "
                     "some of them with --train.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=common.HelpFormatter)
     p.add_argument("--train", nargs="+", metavar="NAME", default=None,
                    help=f"train these models (or 'all'): {', '.join(MODELS)}; also "
                         "resnet<depth> and seresnet<depth> for any depth 6n+2 (32, 44, 110)")
@@ -650,8 +719,7 @@ def build_parser():
                    help="train GoogLeNet with its auxiliary classifier (loss weight 0.3)")
     common.add_device_args(p)
     common.add_data_args(p)
-    p.add_argument("--out-dir", default="runs", help="outputs go to OUT_DIR/04_case_studies/")
-    p.add_argument("--show", action="store_true", help="also open the figures")
+    common.add_output_args(p)
     return p
 
 
@@ -659,11 +727,13 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.train:
+        if "all" in args.train and len(args.train) > 1:
+            parser.error("--train: give 'all' alone, or a list of model names")
         names = list(MODELS) if args.train == ["all"] else args.train
         unknown = [n for n in names if model_spec(n) is None]
         if unknown:
             parser.error(f"unknown model {', '.join(unknown)}; choose from: "
-                         f"{', '.join(MODELS)}, resnet<6n+2>, seresnet<6n+2> or all")
+                         f"{', '.join(MODELS)}, resnet<6n+2>, seresnet<6n+2>, or all alone")
         args.train = list(dict.fromkeys(names))
     return args
 
@@ -672,24 +742,43 @@ def main(argv=None):
     args = parse_args(argv)
     if args.show:
         common.enable_show()
+    if args.deterministic:
+        common.set_deterministic()
     device = common.device_or_exit(args.device)
+    common.or_exit(common.check_out_dir, args.out_dir)
+    precision = common.choose_precision(device, args.amp)
     common.set_seed(args.seed)
     if args.train:
-        return train_models(args.train, args, device)
+        return train_models(args.train, args, device, precision)
 
     out = os.path.join(args.out_dir, "04_case_studies")
-    common.section(f"3.4 Case studies on 32x32 inputs, device {device}")
+    common.section(f"3.4 Case studies on 32x32 inputs, device {device}, {precision}")
     print(f"{'model':11s} {'params':>11s} {'M mult-add':>10s} {'train im/s':>10s}   "
           f"output shape after each stage")
-    rows = compare(MODELS, device)
-    facts = design_rules()
-    record = {"device": str(device), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "models": rows, "design_rules": facts}
-    path = common.save_json(record, os.path.join(out, "compare.json"))
-    fig = plot_compare(rows, os.path.join(out, "compare.png"),
-                       f"size vs cost (dot size: training images/s on {device})", args.show)
-    print(f"\nsaved {path} and {fig}")
-    return 0
+    rows, facts, status = [], None, 0
+    try:
+        compare(MODELS, device, precision, rows=rows)
+        facts = design_rules()
+    except KeyboardInterrupt:
+        status = common.interrupted_exit_code()
+    if not rows:
+        return status
+    record = {"device": str(device), "device_name": common.device_name(device),
+              "precision": precision, "fp32_note": common.tf32_note(device),
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+              "complete": status == 0, "models": rows, "design_rules": facts}
+    title = f"size vs cost ({device}, {precision})"
+    jobs = [(os.path.join(out, "compare.json"), lambda path: common.save_json(record, path)),
+            (os.path.join(out, "compare.png"), lambda path: common.save_figure(
+                plot_compare(rows, title), path, args.show))]
+    with common.saving():
+        missing = common.save_all(jobs)
+    if missing:
+        return common.report_missing(out, missing)
+    print(f"\nsaved {jobs[0][0]} and {jobs[1][0]}" +
+          (f" ({len(rows)} of {len(MODELS)} models: stopped by {common.stop_requested()})"
+           if status else ""))
+    return status
 
 
 if __name__ == "__main__":

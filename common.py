@@ -1,19 +1,29 @@
-"""Shared pieces of the CNN lecture companion: device, seeding, data, the
-train / validate / test loop, plots and safe file writing.
+"""Shared pieces of the CNN lecture companion: device and precision, seeding, data, the
+lecture's train / validate / test / experiment loop, plots, and safe file writing.
 
-Every numbered script imports this module; it imports no script.
+Every numbered script imports this module; it imports no script. The lecture's functions
+(train, validate, test, experiment, plot_loss_variation, plot_acc_variation, imshow) use
+only torch, nn, numpy, pyplot and the standard library, so they paste into a notebook;
+what a robust tool adds (precision choice, progress, signals, atomic files) lives beside
+them and is passed in.
 """
 import argparse
 import contextlib
 import functools
+import http.client
 import json
 import math
 import os
+import platform
 import random
+import shutil
+import signal
 import socket
 import sys
+import tarfile
 import tempfile
 import time
+import urllib.error
 
 import numpy as np
 import torch
@@ -28,54 +38,154 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 SYNTHETIC_CLASSES = ("disk", "ring", "square", "frame", "triangle",
                      "diamond", "plus", "cross", "h-stripes", "v-stripes")
-# The lecture's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)): pixels in [-1, 1].
-MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+# The lecture's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)): the same mean and
+# std for every channel, so plain numbers do (no tensor to copy to the device per batch).
+MEAN, STD = 0.5, 0.5
 SPLIT_SEED = 123  # the lecture's seed; fixes the train/val split whatever --seed is
 CIFAR_FILE = "cifar-10-python.tar.gz"
+CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+MIN_FREE_MB = 50  # a run writes a few MB; less free space than this fails before training
+
+# exit codes shared by the scripts
+EXIT_USAGE, EXIT_DIVERGED, EXIT_NOT_SAVED = 2, 3, 4
 
 
-class DataError(Exception):
-    """The data set asked for cannot be had; the message says what to do."""
+class UsageError(Exception):
+    """Bad input the user can fix; the message is one line that says how (exit 2)."""
 
 
-# ----------------------------------------------------------------------------- device, seed
+class DataError(UsageError):
+    """The data set asked for cannot be read; the message says what to do."""
 
-def get_device(name="auto"):
-    """'auto' picks cuda, then mps (Apple GPU), then cpu; any other name is used as given."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DataError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"--device {name}: no CUDA GPU is visible; use --device auto or cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise DataError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None)
-                                     and torch.backends.mps.is_available()):
-        raise DataError("--device mps: no Apple GPU is visible; use --device auto or cpu")
-    return device
+
+class DataMissing(DataError):
+    """CIFAR-10 is not there and cannot be downloaded (the one case --data auto falls back)."""
 
 
 def or_exit(load, *args, **kwargs):
-    """load(*args, **kwargs); a DataError becomes one 'error:' line and exit code 2."""
+    """load(*args, **kwargs); a UsageError becomes one 'error:' line and exit code 2."""
     try:
         return load(*args, **kwargs)
-    except DataError as err:
+    except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_USAGE)
+
+
+# ----------------------------------------------------------------------------- device, precision
+
+def get_device(name="auto"):
+    """'auto' picks cuda, then mps (Apple GPU), then cpu; else cpu, cuda, cuda:N or mps."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = mps is not None and mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_ok else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps") or \
+            (device.type != "cuda" and device.index not in (None, 0)):
+        raise UsageError(f"--device {name}: not supported here; use auto, cpu, cuda, cuda:N "
+                         f"or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible; use --device auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    if device.type == "mps" and not mps_ok:
+        raise UsageError("--device mps: no Apple GPU is visible; use --device auto or cpu")
+    return torch.device(device.type, device.index) if device.type == "cuda" else \
+        torch.device(device.type)
 
 
 def device_or_exit(name):
     """get_device from --device, or one line and exit 2 for a device that is not there."""
     return or_exit(get_device, name)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16():
+    """oneDNN's own test for native bf16 (AVX512-BF16 or AMX); without it bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def choose_precision(device, enabled=True):
+    """The arithmetic that pays off on this device: 'bf16', 'fp16' or 'fp32'.
+
+    bf16 autocast where the hardware has it natively: CUDA GPUs of compute capability
+    >= 8.0 (A100, RTX 30xx/40xx, H100) and CPUs with AVX512-BF16/AMX. GPUs of capability
+    7.x with tensor cores (V100, T4, RTX 20xx) only emulate bf16 (slower than fp32), so
+    they get fp16 autocast with loss scaling. GTX 16xx (7.5 without tensor cores, known
+    for NaNs in fp16 convolutions), older GPUs, Apple MPS and other CPUs stay in fp32.
+    The capability is that of the selected GPU (--device cuda:1 asks GPU 1).
+    """
+    device = torch.device(device)
+    if not enabled:
+        return "fp32"
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return "bf16"
+        if major == 7 and "GTX 16" not in torch.cuda.get_device_name(device):
+            return "fp16"
+        return "fp32"
+    if device.type == "cpu" and cpu_has_bf16():
+        return "bf16"
+    return "fp32"
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def make_scaler(device, precision):
+    """Loss scaling for fp16 (its small range underflows gradients); None otherwise."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
+
+
+def autocast(device, precision):
+    """The autocast context for a precision name ('fp32': no autocast at all)."""
+    dtype = AMP_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()  # also where autocast does not know the device
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def tf32_note(device):
+    """Whether the 'fp32' of a CUDA run is really TF32 (cuDNN's default on Ampere+)."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return "no TF32 on this device"
+    return (f"TF32: convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, "
+            f"matmuls {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
+
+
+def synchronize(device):
+    """Wait for the device's queued work, so that a timer measures it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def channels_last_helps(device):
+    """NHWC memory layout: faster convolutions on CUDA and on CPU (oneDNN), measured."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
+def to_device(model, device):
+    """The model on the device, in channels-last layout where that is faster."""
+    model = model.to(device)
+    if channels_last_helps(device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def set_seed(seed):
@@ -85,21 +195,124 @@ def set_seed(seed):
     torch.manual_seed(seed)
 
 
-def run(main):
-    """The scripts' entry point: main()'s return value is the exit code, and a Ctrl-C
-    outside training (which saves its own results) exits 130 with one line."""
+def set_deterministic():
+    """Same seed, same numbers on CUDA too: deterministic cuDNN/cuBLAS kernels (slower)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def is_out_of_memory(err):
+    """A CUDA/MPS out-of-memory error, or the CPU allocator giving up."""
+    text = str(err)
+    return (isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
+# ----------------------------------------------------------------------------- signals, stdout
+
+_SIGNALS = {"first": None, "saving": False}
+
+
+def _on_signal(signum, frame):
+    """Ctrl-C (SIGINT), `kill`/`timeout` (SIGTERM) and a closed terminal (SIGHUP) stop the
+    work in progress once; any later signal waits until the results are saved."""
+    if _SIGNALS["first"] is None and not _SIGNALS["saving"]:
+        _SIGNALS["first"] = signum
+        raise KeyboardInterrupt
+    _SIGNALS["first"] = _SIGNALS["first"] or signum
+    print(f"({signal.Signals(signum).name} received: finishing the files first)",
+          file=sys.stderr)
+
+
+def install_signal_handlers():
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _on_signal)
+
+
+def stop_requested():
+    """The name of the first stop signal received ('SIGINT', ...), or None."""
+    first = _SIGNALS["first"]
+    return signal.Signals(first).name if first else None
+
+
+def interrupted_exit_code():
+    """128 + the signal number, as shells report it: 130 SIGINT, 143 SIGTERM, 129 SIGHUP."""
+    return 128 + (_SIGNALS["first"] or signal.SIGINT)
+
+
+@contextlib.contextmanager
+def saving():
+    """While results are written, a stop signal is noted but does not cut a file short."""
+    before = _SIGNALS["saving"]
+    _SIGNALS["saving"] = True
     try:
-        sys.exit(main())
+        yield
+    finally:
+        _SIGNALS["saving"] = before
+
+
+class _ClosedPipeSafe:
+    """sys.stdout that keeps working when its reader goes away (`... | head -1`): the
+    output goes to /dev/null from then on and the run finishes and saves."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except (BrokenPipeError, ValueError):
+            self._to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except (BrokenPipeError, ValueError):
+            self._to_devnull()
+
+    def _to_devnull(self):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):
+            self._stream = open(os.devnull, "w")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def run(main):
+    """The scripts' entry point: main()'s return value is the exit code. Stop signals are
+    handled as Ctrl-C; one that arrives outside training exits 128 + signal number."""
+    install_signal_handlers()
+    sys.stdout = _ClosedPipeSafe(sys.stdout)
+    try:
+        code = main()
     except KeyboardInterrupt:
-        print("interrupted (Ctrl-C); finished results are saved under --out-dir",
-              file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:  # output piped into `head` that closed early: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        print(f"stopped by {stop_requested() or 'SIGINT'}", file=sys.stderr)
+        code = interrupted_exit_code()
+    sys.stdout.flush()
+    sys.exit(code)
 
 
 # ----------------------------------------------------------------------------- arguments
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one, and a list default as plain values."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) \
+                or not action.option_strings:
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
 
 def positive_int(text):
     value = int(text)
@@ -122,13 +335,29 @@ def non_negative_float(text):
     return value
 
 
+def fraction(text):
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def seed_int(text):
+    """A seed numpy and torch both accept: 0 .. 2**32 - 1."""
+    value = int(text)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2 ** 32 - 1}, got {text}")
+    return value
+
+
 def add_data_args(parser, with_limit=True):
     """The data options every script that reads CIFAR-10 shares."""
     group = parser.add_argument_group("data")
     group.add_argument("--data", choices=("auto", "cifar10", "synthetic"), default="auto",
-                       help="auto: CIFAR-10 when in --data-dir or downloadable, else a labelled "
-                            "synthetic CIFAR-shaped set; cifar10: the real set or exit 2; "
-                            "synthetic: generated shapes, no files needed")
+                       help="auto: CIFAR-10 from --data-dir, downloaded if absent; only when "
+                            "it is absent and cannot be downloaded, a labelled synthetic "
+                            "CIFAR-shaped set; cifar10: the real set or exit 2; synthetic: "
+                            "generated shapes, no files needed")
     group.add_argument("--data-dir", default="./data",
                        help="where CIFAR-10 is, or is downloaded to")
     group.add_argument("--no-download", action="store_true",
@@ -145,56 +374,162 @@ def add_augment_amp_args(parser):
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="random crop (4-pixel padding) and horizontal flip per image")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                        help="bf16 mixed precision where the hardware has it natively "
-                             "(CUDA GPUs, CPUs with AVX512-BF16/AMX); off elsewhere")
+                        help="mixed precision where it is native: bf16 on GPUs of compute "
+                             "capability >= 8.0 and CPUs with AVX512-BF16/AMX; fp16 with "
+                             "loss scaling on tensor-core GPUs of capability 7.x (V100, T4, "
+                             "RTX 20xx); fp32 elsewhere (GTX 16xx and older GPUs, Apple MPS, "
+                             "other CPUs)")
 
 
 def add_device_args(parser):
     parser.add_argument("--device", default="auto",
-                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 or mps")
-    parser.add_argument("--seed", type=int, default=123, help="random seed")
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--seed", type=seed_int, default=123,
+                        help="random seed (weights, data order, augmentation)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="bit-identical repeats on CUDA too (deterministic cuDNN "
+                             "kernels, slower); CPU runs repeat exactly without it")
+
+
+def add_output_args(parser, default_name=None, what="run"):
+    """--out-dir (and --exp-name where runs are named), --show."""
+    group = parser.add_argument_group("output")
+    group.add_argument("--out-dir", default="runs", help="folder for all outputs")
+    if default_name:
+        group.add_argument("--exp-name", default=default_name,
+                           help=f"{what} folder name under --out-dir; an existing folder is "
+                                "never replaced: the new run gets NAME-2, NAME-3, ...")
+    group.add_argument("--show", action="store_true",
+                       help="also open the figures in windows (they are always saved)")
+    return group
 
 
 # ----------------------------------------------------------------------------- data
 
-def load_cifar10(data_dir, download=True):
-    """CIFAR-10 through torchvision as uint8 tensors (N, 3, 32, 32) and int64 labels.
+def _is_network_error(err):
+    return isinstance(err, (urllib.error.URLError, ConnectionError, TimeoutError,
+                            socket.timeout, http.client.HTTPException))
 
-    Returns {'train': (x, y), 'test': (x, y), 'classes': [...]} or raises DataError with
-    one line that says what to do.
-    """
-    import torchvision
 
-    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+def _download_cifar10(data_dir):
+    """Fetch the archive with torchvision's downloader (it checks the md5). Raises
+    DataMissing when the network cannot be reached; never leaves a partial archive."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_url
+
+    archive = os.path.join(data_dir, CIFAR_FILE)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)  # an offline machine should fail fast, not hang
     try:
-        archive = os.path.join(data_dir, CIFAR_FILE)
-        if not download and os.path.isfile(archive) and \
-                not os.path.isdir(os.path.join(data_dir, "cifar-10-batches-py")):
-            from torchvision.datasets.utils import extract_archive
-            extract_archive(archive, data_dir)  # the archive is here: no network needed
-        sets = {}
-        for split, is_train in (("train", True), ("test", False)):
-            ds = torchvision.datasets.CIFAR10(data_dir, train=is_train, download=download)
-            x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-            y = torch.as_tensor(ds.targets, dtype=torch.long)
-            if x.shape[1:] != (3, 32, 32) or len(x) != len(y) or len(x) == 0:
-                raise ValueError(f"unexpected shape {tuple(x.shape)}")
-            sets[split] = (x, y)
-        sets["classes"] = list(ds.classes)
-        return sets
-    except Exception as err:  # missing, corrupt or not downloadable: one clear line
-        raise DataError(
-            f"CIFAR-10 is missing or unreadable in {data_dir} ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'}); "
-            f"put {CIFAR_FILE} from {CIFAR_URL} there (or its extracted cifar-10-batches-py/), "
-            f"or run with network access, or use --data synthetic") from None
+        os.makedirs(data_dir, exist_ok=True)
+        download_url(CIFAR10.url, data_dir, CIFAR_FILE, CIFAR10.tgz_md5)
+    except Exception as err:
+        if os.path.exists(archive):
+            os.remove(archive)
+        if _is_network_error(err):
+            raise DataMissing(f"CIFAR-10 is not in {data_dir} and could not be downloaded "
+                              f"({_short(err)})") from None
+        raise DataError(f"downloading CIFAR-10 into {data_dir} failed ({_short(err)}); run "
+                        f"again, or put {CIFAR_FILE} from {CIFAR_URL} there, or use "
+                        f"--data synthetic") from None
     finally:
         socket.setdefaulttimeout(old_timeout)
 
 
-def make_synthetic(seed=0, n_train=50000, n_test=10000):
+def _extract_cifar10(data_dir):
+    """Unpack the archive into a temporary folder, then rename it into place: a truncated
+    archive never leaves a half-extracted cifar-10-batches-py/ behind."""
+    archive = os.path.join(data_dir, CIFAR_FILE)
+    folder = os.path.join(data_dir, CIFAR_FOLDER)
+    tmp = tempfile.mkdtemp(dir=data_dir, prefix=".extract-")
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: no paths outside tmp
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)
+        unpacked = os.path.join(tmp, CIFAR_FOLDER)
+        if not os.path.isdir(unpacked):
+            raise tarfile.ReadError(f"no {CIFAR_FOLDER}/ inside")
+        if os.path.isdir(folder):  # an unreadable earlier copy: replace it whole
+            shutil.rmtree(folder)
+        os.rename(unpacked, folder)
+    except Exception as err:
+        raise DataError(f"{archive} is truncated or corrupt ({_short(err)}); delete it and "
+                        f"run again to download it anew, or put a complete copy there, or "
+                        f"use --data synthetic") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _short(err):
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no detail'}"
+
+
+def _read_cifar10(data_dir):
+    """The extracted batches through torchvision's reader, as uint8 (N, 3, 32, 32) tensors."""
+    import torchvision
+
+    raw = {}
+    try:
+        for split, is_train in (("train", True), ("test", False)):
+            ds = torchvision.datasets.CIFAR10(data_dir, train=is_train, download=False)
+            raw[split] = (ds.data, ds.targets)
+        classes = list(ds.classes)
+    except Exception as err:  # a missing or damaged batch file, a bad md5, a bad pickle
+        raise DataError(f"CIFAR-10 in {os.path.join(data_dir, CIFAR_FOLDER)} is incomplete "
+                        f"or corrupt ({_short(err)}); delete that folder and run again to "
+                        f"download it anew, or use --data synthetic") from None
+    sets = {"classes": classes}
+    for split, (data, targets) in raw.items():
+        try:
+            x = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()
+            y = torch.as_tensor(np.asarray(targets, dtype=np.int64))
+        except Exception as err:  # e.g. "Numpy is not available": torch built for numpy 1
+            raise DataError(f"torch cannot read numpy arrays here ({_short(err)}); install "
+                            f"matching versions: pip install -r requirements.txt") from None
+        if x.shape[1:] != (3, 32, 32) or len(x) != len(y) or len(x) == 0:
+            raise DataError(f"CIFAR-10 {split} images have shape {tuple(x.shape)} for "
+                            f"{len(y)} labels; delete {CIFAR_FOLDER}/ and download it anew")
+        if int(y.min()) < 0 or int(y.max()) >= len(classes):
+            raise DataError(f"CIFAR-10 {split} labels lie outside 0-{len(classes) - 1} "
+                            f"({int(y.min())}..{int(y.max())}); the files are corrupt: delete "
+                            f"{CIFAR_FOLDER}/ and download it anew")
+        sets[split] = (x, y)
+    return sets
+
+
+def load_cifar10(data_dir, download=True):
+    """CIFAR-10 as uint8 tensors (N, 3, 32, 32) and int64 labels.
+
+    Returns {'train': (x, y), 'test': (x, y), 'classes': [...]}. Raises DataMissing when the
+    set is absent and cannot be downloaded, DataError for anything else that is wrong
+    (corrupt or truncated files, a broken install); each message says what to do.
+    """
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    folder = os.path.join(data_dir, CIFAR_FOLDER)
+    archive = os.path.join(data_dir, CIFAR_FILE)
+    if not os.path.isdir(folder):
+        if not os.path.isfile(archive):
+            if not download:
+                raise DataMissing(f"CIFAR-10 is not in {data_dir} (--no-download); put "
+                                  f"{CIFAR_FILE} from {CIFAR_URL} there (or its extracted "
+                                  f"{CIFAR_FOLDER}/), or allow the download, or use "
+                                  f"--data synthetic")
+            _download_cifar10(data_dir)
+        _extract_cifar10(data_dir)
+        return _read_cifar10(data_dir)
+    try:
+        return _read_cifar10(data_dir)
+    except DataError:
+        if not os.path.isfile(archive):
+            raise
+    _extract_cifar10(data_dir)  # a damaged folder beside a good archive: unpack it anew
+    return _read_cifar10(data_dir)
+
+
+def _draw_synthetic(seed, n_train, n_test):
     """A CIFAR-shaped stand-in: 10 shape classes drawn at random position, size and
     colour on a random background with noise, so a classifier must be translation
     and colour invariant. Returns the same structure as load_cifar10.
@@ -252,12 +587,24 @@ def make_synthetic(seed=0, n_train=50000, n_test=10000):
             "classes": list(SYNTHETIC_CLASSES)}
 
 
+def make_synthetic(seed=0, n_train=50000, n_test=10000):
+    """A CIFAR-shaped stand-in (see _draw_synthetic); DataError when memory runs out."""
+    try:
+        return _draw_synthetic(seed, n_train, n_test)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise DataError(f"not enough memory to build {n_train + n_test:,} synthetic images; "
+                        f"use --limit (e.g. --limit 5000)") from None
+
+
 def get_data(kind="auto", data_dir="./data", download=True, limit=None, log=print):
     """The lecture's partition: train 40k / val 10k (split with seed 123) and test 10k.
 
-    kind: 'cifar10' (or DataError), 'synthetic', or 'auto' (CIFAR-10 when it can be had,
-    else synthetic, said in the log). Returns a dict with 'train', 'val', 'test' as
-    (uint8 images, labels), 'classes' and 'kind' ('cifar10' or 'synthetic').
+    kind: 'cifar10' (or DataError), 'synthetic', or 'auto': CIFAR-10, and the synthetic
+    set only when CIFAR-10 is absent and cannot be downloaded (said in the log); any
+    other failure is an error under 'auto' too. Returns a dict with 'train', 'val',
+    'test' as (uint8 images, labels), 'classes' and 'kind' ('cifar10' or 'synthetic').
     """
     if kind not in ("auto", "cifar10", "synthetic"):
         raise ValueError(f"unknown data kind {kind!r}")
@@ -266,12 +613,16 @@ def get_data(kind="auto", data_dir="./data", download=True, limit=None, log=prin
         try:
             sets = load_cifar10(data_dir, download=download)
             found = "cifar10"
-        except DataError as err:
+        except DataMissing as err:
             if kind == "cifar10":
                 raise
             log(f"DATA: SYNTHETIC shapes, not CIFAR-10 ({err})")
     if sets is None:
-        sets = make_synthetic(seed=SPLIT_SEED)
+        # with --limit, build only what is kept: 5 x limit training images give the 4:1
+        # split below, limit test images
+        n_train, n_test = (50000, 10000) if not limit else \
+            (min(50000, 5 * limit), min(10000, limit))
+        sets = make_synthetic(seed=SPLIT_SEED, n_train=n_train, n_test=n_test)
         found = "synthetic"
         if kind == "synthetic":
             log("DATA: SYNTHETIC shapes (--data synthetic), not CIFAR-10")
@@ -303,9 +654,9 @@ def add_image_args(parser):
                              "to 32x32 like CIFAR-10); default: CIFAR-10 train image 4, "
                              "the lecture's car, else a photo that ships with matplotlib")
     group = add_data_args(parser, with_limit=False)
-    group.description = "where the default picture comes from"
-    parser.add_argument("--out-dir", default="runs", help="figures go to OUT_DIR/<script>/")
-    parser.add_argument("--show", action="store_true", help="also open the figures")
+    group.description = ("where the default picture comes from; here 'synthetic' means "
+                         "matplotlib's sample photo of Grace Hopper, no files needed")
+    add_output_args(parser)
 
 
 def load_image(path=None, data="auto", data_dir="./data", download=True, size=32):
@@ -319,26 +670,42 @@ def load_image(path=None, data="auto", data_dir="./data", download=True, size=32
 
     if path is not None:
         try:
-            img = Image.open(path).convert("RGB")
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot read --image {path}: {err}; give a PNG or JPEG file")
-        return _square(img, size), f"your image {path}, resized to {size}x{size}"
+            with Image.open(path) as img:
+                rgb = _to_rgb8(img)
+        except Image.DecompressionBombError as err:
+            raise DataError(f"--image {path}: too many pixels to open safely ({err}); "
+                            f"give a smaller picture") from None
+        except (OSError, ValueError, SyntaxError, MemoryError) as err:
+            raise DataError(f"cannot read --image {path}: {_short(err)}; give a PNG or "
+                            f"JPEG file") from None
+        return _square(rgb, size), f"your image {path}, resized to {size}x{size}"
     if data != "synthetic":
         try:
             x, y = load_cifar10(data_dir, download)["train"]
             return x[4].permute(1, 2, 0).numpy(), (
                 f"CIFAR-10 train image 4 (class {CLASSES[int(y[4])]}), as in the lecture")
-        except DataError:
+        except DataMissing:
             if data == "cifar10":
                 raise
     import matplotlib.cbook as cbook
 
     sample = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     img = Image.open(sample).convert("RGB")
-    why = "not asked for" if data == "synthetic" else "not available"
+    why = "--data synthetic" if data == "synthetic" else "CIFAR-10 not available"
     return _square(img, size), (
-        f"matplotlib's sample photo grace_hopper.jpg (CIFAR-10 {why}), "
-        f"resized to {size}x{size}")
+        f"matplotlib's sample photo grace_hopper.jpg ({why}), resized to {size}x{size}")
+
+
+def _to_rgb8(img):
+    """Any PIL image as 8-bit RGB; 16-bit (and 32-bit integer) grey is scaled, not clipped."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):
+        a = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or a.max() > 255:
+            a = a / 257.0  # 0..65535 -> 0..255
+        img = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 def _square(img, size):
@@ -377,16 +744,25 @@ def section(title):
     print(f"\n=== {title} " + "=" * max(3, 70 - len(title)))
 
 
+# ----------------------------------------------------------------------------- batches
+
 def normalize(x):
     """uint8 (B, 3, H, W) -> float in [-1, 1], the lecture's Normalize(0.5, 0.5)."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return (x.float() / 255.0 - MEAN) / STD
 
 
-def augment(x, generator=None, pad=4):
-    """Random crop with `pad` zero pixels of padding and random horizontal flip, drawn
-    for every image of the batch (B, C, H, W) separately; dtype and shape are kept.
+def crop_flip_params(n, generator=None, pad=4):
+    """Random crop offsets (dy, dx in 0..2*pad) and flips for n images, drawn on the CPU
+    so the same seed gives the same augmentation on every device."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def augment(x, dy, dx, flip, pad=4):
+    """Random crop with `pad` zero pixels of padding and horizontal flip, per image of the
+    batch (B, C, H, W), with the offsets and flips of crop_flip_params (on x's device).
 
     One gather does both: each image reads rows dy..dy+H and columns dx..dx+W of the
     padded batch, the columns in reverse order when it is flipped.
@@ -394,13 +770,10 @@ def augment(x, generator=None, pad=4):
     b, c, h, w = x.shape
     dev = x.device
     padded = nn.functional.pad(x, (pad, pad, pad, pad))              # (B, C, H+2p, W+2p)
-    dy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
-    flip = torch.rand(b, 1, device=dev, generator=generator) < 0.5
     ar_h = torch.arange(h, device=dev).view(1, h)
     ar_w = torch.arange(w, device=dev).view(1, w)
-    rows = dy + ar_h                                                  # (B, H)
-    cols = dx + torch.where(flip, ar_w.flip(1), ar_w)                 # (B, W)
+    rows = dy.view(b, 1) + ar_h                                       # (B, H)
+    cols = dx.view(b, 1) + torch.where(flip.view(b, 1), ar_w.flip(1), ar_w)  # (B, W)
     bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
     ci = torch.arange(c, device=dev).view(1, c, 1, 1)
     return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
@@ -409,46 +782,49 @@ def augment(x, generator=None, pad=4):
 class DeviceLoader:
     """Batches of (inputs, labels) from uint8 images kept on the device.
 
-    The images move to the device once; every epoch shuffles indices there, then
-    normalises (and augments) whole batches there. Like a DataLoader it has len() and
-    yields (inputs, labels), so the loop works with either.
+    The images move to the device once. Each epoch draws its order and augmentation on
+    a CPU generator (the same for every device and torch version, MPS included) and moves
+    that plan to the device in one copy; batches are then gathered, augmented and
+    normalised there. Like a DataLoader it has len() and yields (inputs, labels).
     """
 
     def __init__(self, images, labels, batch_size, device, shuffle=False, augment=False,
                  seed=0, channels_last=False):
         self.images = images.to(device)
         self.labels = labels.to(device)
-        self.device = self.images.device  # 'cuda' resolved to 'cuda:0', as generators say
+        self.device = self.images.device
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
         self.channels_last = channels_last
-        try:
-            self.generator = torch.Generator(device=self.device)
-        except RuntimeError:  # a backend without its own generator: draw on the CPU
-            self.generator = torch.Generator()
-        self.generator.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self):
-        n = len(self.labels)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator,
-                                   device=self.generator.device).to(self.device)
-        else:
-            order = torch.arange(n, device=self.device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            x = self.images[idx]
+        n, bs = len(self.labels), self.batch_size
+        plan = None
+        if self.shuffle or self.augment:
+            order = torch.randperm(n, generator=self.generator) if self.shuffle \
+                else torch.arange(n)
+            columns = [order]
             if self.augment:
-                x = augment(x, self.generator if self.generator.device == self.device
-                            else None)
+                dy, dx, flip = crop_flip_params(n, self.generator)
+                columns += [dy, dx, flip.long()]
+            plan = torch.stack(columns, 1).to(self.device)            # (N, 1 or 4)
+        for start in range(0, n, bs):
+            if plan is None:
+                x, y = self.images[start:start + bs], self.labels[start:start + bs]
+            else:
+                rows = plan[start:start + bs]
+                x, y = self.images[rows[:, 0]], self.labels[rows[:, 0]]
+                if self.augment:
+                    x = augment(x, rows[:, 1], rows[:, 2], rows[:, 3].bool())
             x = normalize(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx]
+            yield x, y
 
 
 def make_loaders(partition, device, train_batch_size=128, test_batch_size=256,
@@ -465,119 +841,63 @@ def make_loaders(partition, device, train_batch_size=128, test_batch_size=256,
     return loaders
 
 
-# ----------------------------------------------------------------------------- loop
+# ----------------------------------------------------------------------------- the lecture's loop
+# train, validate, test and experiment use only torch, nn and the standard library: they
+# paste into a notebook. Mixed precision, loss scaling and a progress display are passed in.
 
-def is_out_of_memory(err):
-    """A CUDA/MPS out-of-memory error, or the CPU allocator giving up."""
-    text = str(err)
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5
-    return (isinstance(err, oom) or "out of memory" in text
-            or "can't allocate memory" in text)
-
-
-class Diverged(Exception):
-    """The training loss became NaN or infinite."""
-
-
-@functools.lru_cache(maxsize=None)
-def _amp_supported(device_type):
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
-def amp_supported(device):
-    """bf16 autocast pays off on CUDA GPUs with bf16 and on CPUs with native bf16
-    (AVX512-BF16 / AMX, measured 1.6x faster here); elsewhere it would be emulated."""
-    return _amp_supported(torch.device(device).type)
-
-
-def autocast(device, enabled=True):
-    """bf16 mixed precision where amp_supported (no loss scaling needed with bf16)."""
-    device = torch.device(device)
-    if not (enabled and amp_supported(device)):
-        return contextlib.nullcontext()  # also where autocast does not know the device
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def channels_last_helps(device):
-    """NHWC memory layout: faster convolutions on CUDA and on CPU (oneDNN), measured."""
-    return torch.device(device).type in ("cuda", "cpu")
-
-
-def to_device(model, device):
-    """The model on the device, in channels-last layout where that is faster."""
-    model = model.to(device)
-    if channels_last_helps(device):
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def model_loss(outputs, labels, criterion, aux_weight=0.3):
-    """criterion on the logits. A model with auxiliary classifiers (GoogLeNet) returns
-    (logits, aux_logits, ...) in training; their losses add with weight 0.3, as in the paper."""
-    if isinstance(outputs, tuple):
-        main, *aux = outputs
-        return criterion(main, labels) + aux_weight * sum(criterion(a, labels) for a in aux)
-    return criterion(outputs, labels)
-
-
-def train(net, loader, optimizer, criterion, device, scheduler=None, amp=True,
-          clip_grad=None):
-    """One epoch of training. Returns (mean loss, accuracy in %).
+def train(net, loader, optimizer, criterion, device, scheduler=None, amp_dtype=None,
+          scaler=None, clip_grad=None, aux_weight=0.3, progress=None):
+    """One epoch of training. Returns (mean loss, accuracy in %); the loss is NaN or inf
+    when training diverged.
 
     The gradients are zeroed before every step (the lecture's notebook zeroed them once
-    per epoch, so they piled up over the whole epoch). Raises Diverged on a NaN loss.
+    per epoch, so they piled up over the whole epoch). amp_dtype: torch.bfloat16 or
+    torch.float16 for mixed precision (fp16 needs a GradScaler as scaler), None for fp32.
+    A model with auxiliary classifiers (GoogLeNet) returns (logits, aux_logits, ...) in
+    training; their losses add with weight aux_weight (0.3 in the paper).
+    progress(batch, n_batches, loss) is called after every step, if given.
     """
     device = torch.device(device)
     net.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
-    for inputs, labels in loader:
+    for batch, (inputs, labels) in enumerate(loader, 1):
         inputs, labels = inputs.to(device), labels.to(device)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
+                else contextlib.nullcontext():
             outputs = net(inputs)
-            loss = model_loss(outputs, labels, criterion)
-        if isinstance(outputs, tuple):
-            outputs = outputs[0]
-        loss.backward()
+            if isinstance(outputs, tuple):
+                outputs, *aux = outputs
+                loss = criterion(outputs, labels) + \
+                    aux_weight * sum(criterion(a, labels) for a in aux)
+            else:
+                loss = criterion(outputs, labels)
+        if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
         if clip_grad:
             nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach().float() * len(labels)
         correct += (outputs.argmax(1) == labels).sum()
         count += len(labels)
-    mean_loss = loss_sum.item() / count
-    if not math.isfinite(mean_loss):
-        raise Diverged(mean_loss)
-    return mean_loss, 100.0 * correct.item() / count
+        if progress is not None:
+            progress(batch, len(loader), loss.detach())
+    return loss_sum.item() / count, 100.0 * correct.item() / count
 
 
 @torch.no_grad()
-def predict(net, loader, device, amp=True):
-    """Predicted and true labels over a loader, as CPU tensors."""
-    device = torch.device(device)
-    net.eval()
-    preds, trues = [], []
-    for inputs, labels in loader:
-        with autocast(device, amp):
-            outputs = net(inputs.to(device))
-        preds.append(outputs.argmax(1).cpu())
-        trues.append(labels.cpu())
-    return torch.cat(preds), torch.cat(trues)
-
-
-@torch.no_grad()
-def validate(net, loader, criterion, device, amp=True):
+def validate(net, loader, criterion, device, amp_dtype=None):
     """Mean loss and accuracy in % without training."""
     device = torch.device(device)
     net.eval()
@@ -586,7 +906,8 @@ def validate(net, loader, criterion, device, amp=True):
     count = 0
     for inputs, labels in loader:
         inputs, labels = inputs.to(device), labels.to(device)
-        with autocast(device, amp):
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
+                else contextlib.nullcontext():
             outputs = net(inputs)
             loss = criterion(outputs, labels)
         loss_sum += loss.float() * len(labels)
@@ -595,104 +916,233 @@ def validate(net, loader, criterion, device, amp=True):
     return loss_sum.item() / count, 100.0 * correct.item() / count
 
 
-def test(net, loader, device, amp=True):
-    """Accuracy in % on the test set."""
-    preds, labels = predict(net, loader, device, amp)
-    return 100.0 * (preds == labels).double().mean().item()
+@torch.no_grad()
+def test(net, loader, device, amp_dtype=None):
+    """Accuracy in % on the test set, and the confusion matrix counts[true, predicted]
+    (one pass over the data gives both)."""
+    device = torch.device(device)
+    net.eval()
+    matrix = None
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
+                else contextlib.nullcontext():
+            outputs = net(inputs)
+        n = outputs.shape[1]
+        counts = torch.bincount(labels * n + outputs.argmax(1), minlength=n * n).view(n, n)
+        matrix = counts if matrix is None else matrix + counts
+    matrix = matrix.cpu()
+    return 100.0 * matrix.diag().sum().item() / matrix.sum().item(), matrix
 
 
-def make_optimizer(params, optim="SGD", lr=1e-3, l2=0.0, momentum=0.0):
-    """The lecture's three optimizers; l2 is the weight decay."""
-    if optim == "SGD":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=l2,
-                               nesterov=momentum > 0)
-    if optim == "RMSprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=l2)
-    if optim == "Adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=l2)
-    raise ValueError(f"unknown optimizer {optim!r}: choose SGD, RMSprop or Adam")
-
-
-def make_scheduler(optimizer, schedule, lr, epochs, steps_per_epoch):
-    """'onecycle': warm up for 20% of the steps then anneal; 'cosine': cosine decay to 0;
-    'none': a constant rate. Stepped after every batch."""
-    total = epochs * steps_per_epoch
-    if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=total, pct_start=0.2,
-            cycle_momentum=False, anneal_strategy="linear")
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if schedule == "none":
-        return None
-    raise ValueError(f"unknown schedule {schedule!r}")
-
-
-def experiment(net, loaders, settings, device, log=print):
+def experiment(net, loaders, settings, device, log=print, amp_dtype=None, scaler=None,
+               progress=None):
     """Train for settings['epochs'], keep the weights of the best val epoch, test them once.
 
-    settings needs optim, lr, l2, epochs; momentum, schedule, label_smoothing, clip_grad
-    and amp are optional.
+    settings needs optim (SGD, RMSprop or Adam), lr, l2 (weight decay), epochs; momentum,
+    schedule (onecycle, cosine or none), label_smoothing and clip_grad are optional. amp_dtype and scaler go to train(); progress(epoch, batch,
+    n_batches, loss), if given, is called after every step.
     Returns (settings, result); result has the lecture's keys train_losses, val_losses,
-    train_accs, val_accs, train_acc, val_acc, test_acc, plus status ('completed',
-    'diverged' or 'interrupted'), epoch_seconds and best_epoch. A NaN loss or Ctrl-C
-    stops training; the epochs already done are kept.
+    train_accs, val_accs, train_acc, val_acc, test_acc, plus test_confusion, status
+    ('completed', 'diverged' or 'interrupted'), epoch_seconds and best_epoch. A NaN or
+    infinite loss (train or val) or Ctrl-C stops training; the epochs done are kept.
     """
     device = torch.device(device)
-    amp = settings.get("amp", True)
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.get("label_smoothing", 0.0))
-    optimizer = make_optimizer(net.parameters(), settings["optim"], settings["lr"],
-                               settings["l2"], settings.get("momentum", 0.0))
-    scheduler = make_scheduler(optimizer, settings.get("schedule", "none"), settings["lr"],
-                               settings["epochs"], len(loaders["train"]))
+    lr, l2, momentum = settings["lr"], settings["l2"], settings.get("momentum", 0.0)
+    if settings["optim"] == "SGD":  # Nesterov momentum when there is momentum
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
+                                    weight_decay=l2, nesterov=momentum > 0)
+    elif settings["optim"] == "RMSprop":
+        optimizer = torch.optim.RMSprop(net.parameters(), lr=lr, momentum=momentum,
+                                        weight_decay=l2)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=l2)
+    # onecycle: warm up for 20% of the steps, then fall linearly to 0; cosine: cosine
+    # decay to 0; none: a constant rate. Stepped after every batch.
+    steps, schedule = settings["epochs"] * len(loaders["train"]), settings.get("schedule")
+    scheduler = None
+    if schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=steps, pct_start=0.2, cycle_momentum=False,
+            anneal_strategy="linear")
+    elif schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     result = {"train_losses": [], "val_losses": [], "train_accs": [], "val_accs": [],
-              "train_acc": None, "val_acc": None, "test_acc": None,
+              "train_acc": None, "val_acc": None, "test_acc": None, "test_confusion": None,
               "epoch_seconds": [], "best_epoch": None, "status": "completed"}
     best_state, best_acc = None, -1.0
     try:
         for epoch in range(settings["epochs"]):
             start = time.perf_counter()
-            train_loss, train_acc = train(net, loaders["train"], optimizer, criterion,
-                                          device, scheduler, amp,
-                                          settings.get("clip_grad"))
-            val_loss, val_acc = validate(net, loaders["val"], criterion, device, amp)
+            train_loss, train_acc = train(
+                net, loaders["train"], optimizer, criterion, device, scheduler, amp_dtype,
+                scaler, settings.get("clip_grad"),
+                progress=progress and functools.partial(progress, epoch))
+            val_loss, val_acc = validate(net, loaders["val"], criterion, device, amp_dtype)
             took = time.perf_counter() - start
-            for key, value in (("train_losses", train_loss), ("val_losses", val_loss),
-                               ("train_accs", train_acc), ("val_accs", val_acc),
-                               ("epoch_seconds", took)):
+            for key, value in (("train_losses", round(train_loss, 4)),
+                               ("val_losses", round(val_loss, 4)),
+                               ("train_accs", round(train_acc, 2)),
+                               ("val_accs", round(val_acc, 2)),
+                               ("epoch_seconds", round(took, 2))):
                 result[key].append(value)
             log(f"Epoch {epoch}, Acc(train/val): {train_acc:2.2f}/{val_acc:2.2f}, "
                 f"Loss(train/val) {train_loss:2.2f}/{val_loss:2.2f}. Took {took:2.2f} sec")
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                result["status"] = "diverged"
+                which = "training" if not math.isfinite(train_loss) else "validation"
+                log(f"stopped: the {which} loss became NaN or infinite in epoch {epoch} "
+                    f"with lr={settings['lr']:g}; try a smaller learning rate "
+                    f"(e.g. --lr {settings['lr'] / 10:g})")
+                break
             if val_acc > best_acc:
                 best_acc = val_acc
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                result.update(best_epoch=epoch, train_acc=train_acc, val_acc=val_acc)
-    except Diverged:
-        result["status"] = "diverged"
-        log(f"stopped: the training loss became NaN or infinite at epoch "
-            f"{len(result['train_losses'])} with lr={settings['lr']:g}; "
-            f"try a smaller --lr (e.g. {settings['lr'] / 10:g})")
+                result.update(best_epoch=epoch, train_acc=round(train_acc, 2),
+                              val_acc=round(val_acc, 2))
+        if best_state is not None:
+            net.load_state_dict(best_state)
+            test_acc, matrix = test(net, loaders["test"], device, amp_dtype)
+            result.update(test_acc=round(test_acc, 2), test_confusion=matrix.tolist())
     except KeyboardInterrupt:
         result["status"] = "interrupted"
-        log(f"stopped by Ctrl-C after {len(result['train_losses'])} epoch(s); "
-            "saving what was computed")
-    if best_state is not None:
-        net.load_state_dict(best_state)
-        if result["status"] != "interrupted":
-            result["test_acc"] = test(net, loaders["test"], device, amp)
+        log(f"stopped after {len(result['train_losses'])} finished epoch(s); saving them")
+        if best_state is not None:
+            net.load_state_dict(best_state)
     return settings, result
 
 
-# ----------------------------------------------------------------------------- files, plots
+# ----------------------------------------------------------------------------- progress, fit
+
+def _clock(seconds):
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """The progress of a run inside each epoch: batches done, running loss, time spent and
+    left. On a terminal one line is redrawn in place (twice a second at most); into a file
+    or a pipe it prints a plain line a few seconds into the run, then once a minute."""
+    WIDTH = 79
+
+    def __init__(self, epochs, stream=None, log=print):
+        self.epochs = epochs
+        self.stream = stream or sys.stdout
+        self.inner_log = log
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError, OSError):
+            self.tty = False
+        self.run_start = time.perf_counter()
+        self.epoch, self.epoch_start, self.last, self.shown = None, 0.0, self.run_start, False
+        self.loss_sum, self.losses = 0.0, []
+
+    def __call__(self, epoch, batch, n_batches, loss):
+        now = time.perf_counter()
+        if epoch != self.epoch:
+            self.epoch, self.epoch_start, self.losses = epoch, now, []
+        self.losses.append(loss)  # a tensor: read (a device sync) only when shown
+        wait = 0.5 if self.tty else (60.0 if self.shown else 3.0)
+        if now - self.last < wait and batch < n_batches:
+            return
+        if not self.tty and batch == n_batches:
+            return  # the epoch line follows at once
+        self.last = now
+        losses, self.losses = torch.stack(self.losses).float(), []
+        self.loss_sum = losses.mean().item()
+        spent = now - self.epoch_start
+        epoch_total = spent / batch * n_batches
+        done = now - self.run_start - spent  # earlier epochs, with their validation
+        per_epoch = done / epoch if epoch else epoch_total
+        left = epoch_total - spent + per_epoch * (self.epochs - epoch - 1)
+        text = (f"  epoch {epoch + 1}/{self.epochs}: batch {batch}/{n_batches}, loss "
+                f"{self.loss_sum:.3f}, {_clock(spent)} spent, run ~{_clock(left)} left")
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self.WIDTH))
+            self.stream.flush()
+        else:
+            self.stream.write(text + "\n")
+        self.shown = True
+
+    def clear(self):
+        if self.tty and self.shown:
+            self.stream.write("\r" + " " * self.WIDTH + "\r")
+            self.stream.flush()
+
+    def log(self, text):
+        """The log function for experiment(): clears the progress line first."""
+        self.clear()
+        self.inner_log(text)
+
+
+def fit(net, loaders, settings, device, log=print):
+    """experiment() as the scripts run it: the precision in settings['precision'] (with
+    loss scaling for fp16) and a progress line inside every epoch."""
+    precision = settings.get("precision", "fp32")
+    progress = Progress(settings["epochs"], log=log)
+    return experiment(net, loaders, settings, device, log=progress.log,
+                      amp_dtype=AMP_DTYPES[precision], scaler=make_scaler(device, precision),
+                      progress=progress)
+
+
+# ----------------------------------------------------------------------------- output folders, files
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def check_out_dir(out_dir, names=()):
+    """Before any training: --out-dir must be a writable folder with room, and each run
+    name a plain folder name. Raises UsageError with one line saying what to change."""
+    for name in names:
+        if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise UsageError(f"--exp-name {name!r}: give a plain folder name, without '/', "
+                             f"'\\' or '..'")
+        if len(name.encode()) > 100:
+            raise UsageError(f"--exp-name is {len(name.encode())} bytes long; use at most 100")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out-dir {out_dir} is a file, not a folder; give a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise UsageError(f"--out-dir {out_dir}: cannot write there ({err.strerror or err}); "
+                         f"give another folder") from None
+    free_mb = shutil.disk_usage(out_dir).free / 2 ** 20
+    if free_mb < MIN_FREE_MB:
+        raise UsageError(f"--out-dir {out_dir}: only {free_mb:.0f} MB free on that disk; "
+                         f"free at least {MIN_FREE_MB} MB or give another folder")
+
+
+def claim_run_dir(out_dir, name):
+    """A new, empty folder OUT_DIR/NAME for one run; when that exists (an earlier run, or
+    one running now), NAME-2, NAME-3, ... Creating it is atomic, so two runs never share."""
+    base = os.path.join(out_dir, name)
+    path, n = base, 1
+    while True:
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"
+
 
 def _atomic(path, write, mode="w"):
-    """Write through a temp file in the same folder, then rename: never a half file."""
+    """Write through a temp file in the same folder, then rename: never a half file. The
+    file gets the usual permissions (0644 under the common umask 022)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -701,8 +1151,21 @@ def _atomic(path, write, mode="w"):
     return path
 
 
+def json_safe(obj):
+    """Strict JSON: NaN and infinities become null, tuples lists, anything else a string."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)
+
+
 def save_json(obj, path):
-    return _atomic(path, lambda f: json.dump(obj, f, indent=2, default=str))
+    return _atomic(path, lambda f: json.dump(json_safe(obj), f, indent=2, allow_nan=False))
 
 
 NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
@@ -710,12 +1173,33 @@ NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
 def save_figure(fig, path, show=False):
     """Save a figure as PNG (whole file or nothing), show it if asked, close it."""
-    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"),
-            mode="wb")
-    if show and plt.get_backend().lower() not in NON_INTERACTIVE:
-        plt.show()  # blocks until the window is closed
-    plt.close(fig)
+    try:
+        _atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"),
+                mode="wb")
+        if show and plt.get_backend().lower() not in NON_INTERACTIVE:
+            plt.show()  # blocks until the window is closed
+    finally:
+        plt.close(fig)
     return path
+
+
+def save_all(jobs):
+    """Run every (path, write) job even when some fail (a full disk); returns the failures
+    as 'name (reason)' strings."""
+    missing = []
+    for path, write in jobs:
+        try:
+            write(path)
+        except OSError as err:
+            missing.append(f"{os.path.basename(path)} ({err.strerror or err})")
+    return missing
+
+
+def report_missing(folder, missing):
+    """One line for files that could not be written; the exit code for it."""
+    print(f"error: could not save {', '.join(missing)} in {folder}; free some disk space "
+          f"and run again (the files listed before were saved)", file=sys.stderr)
+    return EXIT_NOT_SAVED
 
 
 def enable_show():
@@ -735,53 +1219,124 @@ def save_torch(obj, path):
     return _atomic(path, lambda f: torch.save(obj, f), mode="wb")
 
 
-def plot_loss_variation(result, path, title="", show=False):
+def run_record(settings, result, device, data_kind, **extra):
+    """What result.json holds for one training run: settings, curves, where and when."""
+    secs = result["epoch_seconds"]
+    return {"settings": settings, "result": result, "status": result["status"],
+            "stopped_by": stop_requested() if result["status"] == "interrupted" else None,
+            "device": str(device), "device_name": device_name(device),
+            "precision": settings.get("precision"), "data": data_kind,
+            "seconds_per_epoch": round(sum(secs) / len(secs), 2) if secs else None,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **extra}
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's model and whether it has native bf16."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    model = model or platform.processor() or "CPU"
+    return f"{model}, {os.cpu_count()} cores, native bf16 {'yes' if cpu_has_bf16() else 'no'}"
+
+
+def claim_path(path):
+    """path, or path with -2, -3, ... before the extension when it exists already."""
+    stem, ext = os.path.splitext(path)
+    candidate, n = path, 1
+    while True:
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{stem}-{n}{ext}"
+
+
+def epochs_text(n):
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+# ----------------------------------------------------------------------------- plots
+# plot_loss_variation, plot_acc_variation and imshow return the figure (the scripts save it
+# with save_figure); they use only pyplot, so they paste into a notebook.
+
+def plot_loss_variation(result, title="loss"):
     """The lecture's loss figure: train vs val loss per epoch."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = range(len(result["train_losses"]))
-    ax.plot(epochs, result["train_losses"], marker="o", ms=3, label="train")
-    ax.plot(epochs, result["val_losses"], marker="o", ms=3, label="val")
-    ax.set(xlabel="epoch", ylabel="loss", title=title or "loss")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    n = len(result["train_losses"])
+    ax.plot(range(n), result["train_losses"], marker="o", ms=3, label="train")
+    ax.plot(range(n), result["val_losses"], marker="o", ms=3, label="val")
+    if n == 0:
+        ax.text(0.5, 0.5, "no finished epoch", transform=ax.transAxes, ha="center")
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss",
+           title=f"{title}, {n} epoch{'' if n == 1 else 's'}")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
-    return save_figure(fig, path, show)
+    return fig
 
 
-def plot_acc_variation(result, path, title="", show=False):
-    """The lecture's accuracy figure: train vs val accuracy per epoch, test in a box."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = range(len(result["train_accs"]))
-    ax.plot(epochs, result["train_accs"], marker="o", ms=3, label="train")
-    ax.plot(epochs, result["val_accs"], marker="o", ms=3, label="val")
+def plot_acc_variation(result, title="accuracy"):
+    """The lecture's accuracy figure: train vs val accuracy per epoch (0-100%), the test
+    accuracy in a box beside it."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    n = len(result["train_accs"])
+    ax.plot(range(n), result["train_accs"], marker="o", ms=3, label="train")
+    ax.plot(range(n), result["val_accs"], marker="o", ms=3, label="val")
+    if n == 0:
+        ax.text(0.5, 0.5, "no finished epoch", transform=ax.transAxes, ha="center")
     test_acc = result.get("test_acc")
-    text = f"test acc: {test_acc:.2f}%" if test_acc is not None else "test acc: not measured"
-    ax.text(0.98, 0.04, text, transform=ax.transAxes, ha="right", va="bottom",
+    text = f"test acc\n{test_acc:.2f}%" if test_acc is not None else "test acc\nnot measured"
+    ax.text(1.03, 0.02, text, transform=ax.transAxes, ha="left", va="bottom",
             bbox=dict(boxstyle="round", facecolor="white", edgecolor="gray"))
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title or "accuracy")
-    ax.legend(loc="upper left")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100),
+           title=f"{title}, {n} epoch{'' if n == 1 else 's'}")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
-    return save_figure(fig, path, show)
+    return fig
 
 
-def plot_curves(curves, path, title="", ylabel="val accuracy (%)", show=False):
-    """One line per run: {label: [value per epoch]}."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, values in curves.items():
-        ax.plot(range(len(values)), values, marker="o", ms=3, label=label)
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path, show)
+def imshow(img, title="", mean=0.5, std=0.5):
+    """The lecture's imshow: a normalised (3, H, W) tensor shown as the picture it was."""
+    fig, ax = plt.subplots(figsize=(3, 3))
+    pixels = (img.detach().cpu().float() * std + mean).clamp(0, 1)
+    ax.imshow(pixels.permute(1, 2, 0).numpy())
+    ax.set_title(title)
+    ax.axis("off")
+    return fig
 
 
-def confusion_matrix(preds, labels, num_classes):
-    """counts[true, predicted]."""
-    index = labels.long() * num_classes + preds.long()
-    return torch.bincount(index, minlength=num_classes ** 2).view(num_classes, num_classes)
+def plot_curves(panels, title=""):
+    """Runs compared per epoch, one panel per quantity: panels is a list of
+    (ylabel, {label: [value per epoch]}); a '%' in the ylabel fixes the axis to 0-100."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4),
+                             squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels):
+        for label, values in curves.items():
+            ax.plot(range(len(values)), values, marker="o", ms=3, label=label)
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        if "%" in ylabel:
+            ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle(title)
+    return fig
 
 
-def plot_confusion(matrix, classes, path, title="", show=False):
+def plot_confusion(matrix, classes, title="confusion matrix (test)"):
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    matrix = torch.as_tensor(matrix)
     im = ax.imshow(matrix.numpy(), cmap="Blues")
     n = len(classes)
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
@@ -792,22 +1347,11 @@ def plot_confusion(matrix, classes, path, title="", show=False):
             value = matrix[i, j].item()
             ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
                     color="white" if value > peak / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (test)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    return save_figure(fig, path, show)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="test images")
+    return fig
 
 
 def unnormalize(x):
     """Float image(s) in the lecture's normalisation back to [0, 1]."""
-    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
-    return (x * std + mean).clamp(0, 1)
-
-
-def imshow(img, path, title="", show=False):
-    """The lecture's imshow: a normalised (3, H, W) tensor, un-normalised and saved."""
-    fig, ax = plt.subplots(figsize=(3, 3))
-    ax.imshow(unnormalize(img.detach().cpu().float()).permute(1, 2, 0).numpy())
-    ax.set_title(title)
-    ax.axis("off")
-    return save_figure(fig, path, show)
+    return (x * STD + MEAN).clamp(0, 1)
