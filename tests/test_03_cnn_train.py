@@ -41,8 +41,8 @@ def test_help_lists_every_option_with_defaults(capsys):
 def test_lecture_flag_restores_the_notebook_settings():
     args = cnn_train.parse_args(["--lecture"])
     assert (args.optim, args.lr, args.momentum, args.l2, args.augment, args.schedule) == \
-        ("SGD", [1e-3], 0.0, 1e-5, False, "none")
-    assert args.init == "pytorch" and args.clip_grad == 0
+        (["SGD"], [1e-3], 0.0, [1e-5], False, "none")
+    assert args.init == "pytorch" and args.clip_grad == 0 and args.exp_name == "cnn_lecture"
 
 
 def test_run_writes_every_output(tmp_path):
@@ -111,7 +111,7 @@ def test_huge_lr_is_reported_as_diverged(tmp_path):
                       "--out-dir", str(tmp_path))
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "try a smaller --lr" in proc.stdout
+    assert "try a smaller learning rate (e.g. --lr 1e+11)" in proc.stdout
     record = json.loads((tmp_path / "cnn" / "result.json").read_text())
     assert record["status"] == "diverged"
     assert (tmp_path / "cnn" / "loss.png").exists()
