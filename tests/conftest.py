@@ -53,6 +53,7 @@ def load_script(name):
     path = os.path.join(ROOT, name)
     spec = importlib.util.spec_from_file_location(name[:-3].lstrip("0123456789_"), path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so that inspect finds the source of its classes
     spec.loader.exec_module(module)
     return module
 

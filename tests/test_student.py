@@ -1,0 +1,191 @@
+"""What a first-time student meets: pasteable lecture functions, progress, help, figures."""
+import inspect
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import common
+from conftest import load_script, run_script
+
+conv = load_script("01_convolution.py")
+cnn_train = load_script("03_cnn_train.py")
+QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "128", "--no-download")
+
+PASTE_HEADER = """import contextlib, functools, math, os, time
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+"""
+
+PASTE_MAIN = """
+torch.manual_seed(0)
+g = torch.Generator().manual_seed(0)
+def batches(n):
+    return [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))
+            for _ in range(n)]
+loaders = {"train": batches(4), "val": batches(2), "test": batches(2)}
+net = CNN()
+settings = dict(optim="SGD", lr=0.01, l2=0.0, momentum=0.9, epochs=2, schedule="onecycle")
+settings, result = experiment(net, loaders, settings, "cpu")
+assert len(result["val_accs"]) == 2 and result["test_acc"] is not None, result
+plot_loss_variation(result).savefig("loss.png")
+plot_acc_variation(result).savefig("acc.png")
+imshow(loaders["val"][0][0][0].clamp(-1, 1), "an image").savefig("img.png")
+print("corr2d", corr2d(np.arange(9.0).reshape(3, 3), np.array([[0.0, 1.0], [2.0, 3.0]])).tolist())
+print("corr1d", corr1d(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0])).tolist())
+print("PASTED OK")
+"""
+
+
+def test_lecture_functions_paste_into_a_notebook(tmp_path):
+    """The lecture-named functions run in a file that imports only torch, nn, F, numpy,
+    pyplot and the standard library (no common, no script)."""
+    pieces = [common.train, common.validate, common.test, common.experiment,
+              common.plot_loss_variation, common.plot_acc_variation, common.imshow,
+              conv.corr1d, conv.corr2d, cnn_train.CNN]
+    source = PASTE_HEADER + "ACTIVATIONS = {'relu': F.relu, 'tanh': torch.tanh, " \
+        "'sigmoid': torch.sigmoid}\n\n" + "\n\n".join(inspect.getsource(p) for p in pieces) \
+        + PASTE_MAIN
+    path = tmp_path / "homework.py"
+    path.write_text(source)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "PASTED OK" in proc.stdout
+    assert "corr2d [[19.0, 25.0], [37.0, 43.0]]" in proc.stdout
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("loss.png", "acc.png", "img.png"))
+
+
+def test_corr2d_accepts_numpy_like_corr1d():
+    X = np.random.default_rng(0).normal(size=(6, 7))
+    K = np.array([[1.0, -1.0], [0.5, 2.0]])
+    assert np.allclose(conv.corr2d(X, K).numpy(), conv.corr2d(torch.tensor(X),
+                                                              torch.tensor(K)).numpy())
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _drive(progress, clock, steps=40, dt=0.4):
+    for batch in range(1, steps + 1):
+        clock.now += dt
+        progress(0, batch, steps, torch.tensor(2.0))
+
+
+def test_progress_on_a_terminal_redraws_one_line(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(common.time, "perf_counter", clock)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    progress = common.Progress(epochs=3, stream=out, log=lambda *_: None)
+    _drive(progress, clock)
+    progress.clear()
+    text = out.getvalue()
+    assert text.count("\r") > 10 and "\n" not in text
+    assert "epoch 1/3: batch 40/40, loss 2.000" in text and "left" in text
+    assert text.endswith("\r" + " " * common.Progress.WIDTH + "\r")
+
+
+def test_progress_into_a_file_prints_few_plain_lines(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(common.time, "perf_counter", clock)
+    out = io.StringIO()
+    progress = common.Progress(epochs=40, stream=out, log=lambda *_: None)
+    _drive(progress, clock, steps=300, dt=0.5)  # a 150-second epoch
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and 2 <= len(lines) <= 4
+    assert lines[0].startswith("  epoch 1/40: batch 6/300")  # 3 s into the run
+    assert "run ~" in lines[0]
+
+
+def test_help_shows_defaults_readably():
+    proc = run_script("03_cnn_train.py", "--help")
+    text = " ".join(proc.stdout.split())
+    assert "(default: None)" not in text and "[0.05]" not in text
+    assert "(default: 0.05)" in text and "(default: relu)" in text
+    assert "NAME-2, NAME-3" in text and "compute capability" in text
+    for option in ("--act", "--deterministic", "--lecture"):
+        assert option in text
+    two = run_script("02_padding_pooling.py", "--help").stdout
+    assert "receptive fields and the VGG rule in numbers." in " ".join(two.split())
+    assert "matplotlib's sample photo" in " ".join(two.split())
+
+
+def test_figures_of_a_run_without_epochs_say_so():
+    empty = {"train_losses": [], "val_losses": [], "train_accs": [], "val_accs": [],
+             "test_acc": None}
+    for fig in (common.plot_loss_variation(empty), common.plot_acc_variation(empty)):
+        texts = [t.get_text() for t in fig.axes[0].texts]
+        assert "no finished epoch" in texts and fig.axes[0].get_title().endswith("0 epochs")
+        common.plt.close(fig)
+    one = dict(empty, train_accs=[50.0], val_accs=[40.0], test_acc=41.0)
+    fig = common.plot_acc_variation(one)
+    assert fig.axes[0].get_ylim() == (0, 100) and fig.axes[0].get_title().endswith("1 epoch")
+    common.plt.close(fig)
+    nan_filters = cnn_train.plot_filters(torch.full((16, 3, 3, 3), float("nan")))
+    assert any("diverged" in t.get_text() for t in nan_filters.texts)
+    common.plt.close(nan_filters)
+
+
+@pytest.mark.parametrize("act, low, high", [("relu", 0.0, None), ("tanh", -1.0, 1.0),
+                                            ("sigmoid", 0.0, 1.0)])
+def test_act_builds_the_same_cnn_with_that_activation(act, low, high):
+    torch.manual_seed(0)
+    net = cnn_train.CNN(act=act)
+    assert sum(p.numel() for p in net.parameters()) == 82330
+    seen = []
+    net.conv1_2.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    net(torch.randn(4, 3, 32, 32) * 3)
+    x = seen[0]  # what the activation made of conv1_1's output
+    raw = net.conv1_1(torch.randn(1, 3, 32, 32))
+    assert x.min() >= low and (high is None or x.max() <= high)
+    assert torch.allclose(cnn_train.ACTIVATIONS[act](raw), {"relu": torch.relu, "tanh": torch.tanh,
+                                                             "sigmoid": torch.sigmoid}[act](raw))
+    if act != "relu":
+        assert x.min() < 0 or act == "sigmoid"
+        assert (x > 0).float().mean() > 0.99 or act == "tanh"  # sigmoid is never 0
+
+
+def test_act_sweep_writes_one_run_per_value_a_figure_and_a_summary(tmp_path):
+    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), "--act", "relu",
+                      "tanh", "sigmoid")
+    assert proc.returncode == 0, proc.stderr
+    for act in ("relu", "tanh", "sigmoid"):
+        record = json.loads((tmp_path / f"cnn_{act}" / "result.json").read_text())
+        assert record["settings"]["act"] == act
+    assert (tmp_path / "cnn_act.png").stat().st_size > 0
+    assert "train error < 25% at epoch" in proc.stdout
+    rows = [line.split()[0] for line in proc.stdout.splitlines()
+            if line.strip().startswith(("relu ", "tanh ", "sigmoid "))]
+    assert rows == ["relu", "tanh", "sigmoid"]
+
+
+def test_result_json_records_precision_and_rounded_accuracies(tmp_path):
+    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "cnn" / "result.json").read_text())
+    assert record["precision"] in ("bf16", "fp32") and "amp" not in record["settings"]
+    assert record["device_name"] and record["date"]
+    for acc in record["result"]["val_accs"] + [record["result"]["test_acc"]]:
+        assert round(acc, 2) == acc
+    assert sum(map(sum, record["result"]["test_confusion"])) == 128
