@@ -295,17 +295,10 @@ def main(argv=None):
         net = new_model(partition, device, args.init, settings["act"])
         loaders = common.make_loaders(partition, device, args.train_batch_size,
                                       args.test_batch_size, args.augment, args.seed)
-        try:
-            settings, result = common.fit(net, loaders, settings, device)
-        except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is one
-            if not common.is_out_of_memory(err):
-                raise
-            print(f"error: out of memory on {device} with batch size "
-                  f"{args.train_batch_size}; try a smaller --train-batch-size "
-                  f"(runs finished before this one are saved)", file=sys.stderr)
-            if not os.listdir(folder):
-                os.rmdir(folder)
+        fitted = common.fit(net, loaders, settings, device, folder, "--train-batch-size")
+        if fitted is None:  # out of memory, said in one line
             return 1
+        settings, result = fitted
         with common.saving():
             missing = save_run(folder, net, settings, result, partition, device, args)
         accs = ", ".join(f"{k} acc {result[k + '_acc']:.2f}%" for k in ("val", "test")

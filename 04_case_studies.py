@@ -624,18 +624,11 @@ def train_models(names, args, device, precision):
         folder = common.claim_run_dir(out, name)
         print(f"== {name}: {count_params(model):,} params, lr {settings['lr']:g}, "
               f"l2 {settings['l2']:g} -> {folder}")
-        try:
-            settings, result = common.fit(model, loaders, settings, device)
-        except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is one
-            if not common.is_out_of_memory(err):
-                raise
-            print(f"error: out of memory on {device} training {name} with batch size "
-                  f"{args.batch_size}; try a smaller --batch-size (models finished before "
-                  f"it are saved)", file=sys.stderr)
-            if not os.listdir(folder):
-                os.rmdir(folder)
+        fitted = common.fit(model, loaders, settings, device, folder, "--batch-size")
+        if fitted is None:  # out of memory, said in one line
             status = 1
             break
+        settings, result = fitted
         secs = result["epoch_seconds"]
         row = {"model": name, "test_acc": result["test_acc"], "val_acc": result["val_acc"],
                "params": count_params(model), "macs": count_macs(ctor()),

@@ -149,14 +149,6 @@ def make_scaler(device, precision):
     return torch.amp.GradScaler(torch.device(device).type)
 
 
-def autocast(device, precision):
-    """The autocast context for a precision name ('fp32': no autocast at all)."""
-    dtype = AMP_DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()  # also where autocast does not know the device
-    return torch.autocast(torch.device(device).type, dtype=dtype)
-
-
 def tf32_note(device):
     """Whether the 'fp32' of a CUDA run is really TF32 (cuDNN's default on Ampere+)."""
     device = torch.device(device)
@@ -206,7 +198,8 @@ def set_deterministic():
 def is_out_of_memory(err):
     """A CUDA/MPS out-of-memory error, or the CPU allocator giving up."""
     text = str(err)
-    return (isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5
+    return (isinstance(err, (oom, MemoryError)) or "out of memory" in text
             or "can't allocate memory" in text)
 
 
@@ -1077,14 +1070,26 @@ class Progress:
         self.inner_log(text)
 
 
-def fit(net, loaders, settings, device, log=print):
+def fit(net, loaders, settings, device, folder, batch_option, log=print):
     """experiment() as the scripts run it: the precision in settings['precision'] (with
-    loss scaling for fp16) and a progress line inside every epoch."""
+    loss scaling for fp16) and a progress line inside every epoch. Out of memory: one
+    line naming batch_option, the run's (empty) folder removed, and None."""
     precision = settings.get("precision", "fp32")
     progress = Progress(settings["epochs"], log=log)
-    return experiment(net, loaders, settings, device, log=progress.log,
-                      amp_dtype=AMP_DTYPES[precision], scaler=make_scaler(device, precision),
-                      progress=progress)
+    try:
+        return experiment(net, loaders, settings, device, log=progress.log,
+                          amp_dtype=AMP_DTYPES[precision],
+                          scaler=make_scaler(device, precision), progress=progress)
+    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(err):
+            raise
+    progress.clear()
+    print(f"error: out of memory on {device} training {settings.get('model', 'the model')}; "
+          f"try a smaller {batch_option} (runs finished before this one are saved)",
+          file=sys.stderr)
+    if not os.listdir(folder):
+        os.rmdir(folder)
+    return None
 
 
 # ----------------------------------------------------------------------------- output folders, files

@@ -149,7 +149,7 @@ def test_out_of_memory_gives_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     def no_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(cnn_train.common, "experiment", no_memory)
+    monkeypatch.setattr(cnn_train.common, "experiment", no_memory)  # called by common.fit
     code = cnn_train.main([*QUICK, "--out-dir", str(tmp_path), "--train-batch-size", "100000"])
     assert code == 1
     err = capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_corrupt_cifar_raises(tiny_cifar):
     root = tiny_cifar[0]
     with open(os.path.join(root, "cifar-10-batches-py", "data_batch_3"), "wb") as f:
         f.write(b"not a pickle")
-    with pytest.raises(common.DataError, match="incomplete or corrupt") as err:
+    with pytest.raises(common.DataError, match="incomplete or corrupt"):
         common.get_data("cifar10", root, download=False)
 
 

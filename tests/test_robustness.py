@@ -362,14 +362,14 @@ def test_04_all_with_names_is_refused_clearly():
 
 def test_04_out_of_memory_keeps_finished_models(tmp_path, monkeypatch, capsys):
     cs = load_script("04_case_studies.py")
-    real = cs.common.fit
+    real = cs.common.experiment
 
-    def second_fails(model, loaders, settings, device):
+    def second_fails(model, loaders, settings, device, **kwargs):
         if settings["model"] == "resnet20":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real(model, loaders, settings, device)
+        return real(model, loaders, settings, device, **kwargs)
 
-    monkeypatch.setattr(cs.common, "fit", second_fails)
+    monkeypatch.setattr(cs.common, "experiment", second_fails)
     code = cs.main(["--train", "lenet", "resnet20", *QUICK, "--out-dir", str(tmp_path)])
     assert code == 1
     err = capsys.readouterr().err
