@@ -9,7 +9,9 @@
 Everything a run makes goes to a new folder runs/<exp-name>/ (see README).
 """
 import argparse
+import contextlib
 import functools
+import math
 import os
 import sys
 import time
@@ -33,6 +35,10 @@ class CNN(nn.Module):
     non-linearity after every conv (the notebook's args.act): relu, tanh or sigmoid.
     init 'auto' matches it: He for ReLU, Glorot (Xavier) for tanh and sigmoid.
     """
+
+    # the convs and pools in the order forward() applies them
+    LAYER_ORDER = ("conv1_1", "conv1_2", "pool", "conv2_1", "conv2_2", "pool",
+                   "conv3_1", "conv3_2", "pool")
 
     def __init__(self, num_classes=10, init="auto", act="relu"):
         super().__init__()
@@ -79,6 +85,14 @@ LECTURE_SETTINGS = dict(optim=["SGD"], lr=[1e-3], momentum=0.0, l2=[1e-5], sched
 SWEEPABLE = ("lr", "act", "optim", "l2")
 
 
+def activation(text):
+    """'relu' or 'relu=0.05' -> ('relu', None) or ('relu', 0.05)."""
+    name, _, lr = text.partition("=")
+    if name not in ACTIVATIONS:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(ACTIVATIONS)}, got {name!r}")
+    return name, common.positive_float(lr) if lr else None
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         description="Train the lecture's CNN (3.3.5) on CIFAR-10 and save curves, results "
@@ -92,8 +106,11 @@ def build_parser():
                    help="momentum for SGD and RMSprop")
     p.add_argument("--lr", type=common.positive_float, nargs="+", default=[0.05],
                    help="learning rate (peak rate of the schedule)")
-    p.add_argument("--act", choices=tuple(ACTIVATIONS), nargs="+", default=["relu"],
-                   help="activation after every conv (the notebook's args.act)")
+    p.add_argument("--act", type=activation, nargs="+", default=[("relu", None)],
+                   metavar="ACT[=LR]",
+                   help=f"activation after every conv (the notebook's args.act): "
+                        f"{', '.join(ACTIVATIONS)}; ACT=LR gives that run its own learning "
+                        f"rate (e.g. --act relu=0.05 tanh=0.02)")
     p.add_argument("--l2", type=common.non_negative_float, nargs="+", default=[5e-4],
                    help="L2 penalty (weight decay)")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "none"), default="onecycle",
@@ -125,6 +142,9 @@ def build_parser():
     out = common.add_output_args(p, default_name="cnn")
     out.add_argument("--save-model", action="store_true",
                      help="also save model.pt (state_dict and settings)")
+    out.add_argument("--from-model", metavar="MODEL_PT", default=None,
+                     help="no training: load a model.pt saved with --save-model (on any "
+                          "machine) and make features.png and top_patches.png from it")
     p.add_argument("--benchmark", action="store_true",
                    help="time one epoch (train + val) through this project's data path and "
                         "through the notebook's (PIL transforms, DataLoader rebuilt), print "
@@ -150,6 +170,11 @@ def parse_args(argv=None):
                       f"{' '.join(map(str, value)) if isinstance(value, list) else value}")
             else:
                 setattr(args, key, value)
+    args.act_lr = {name: lr for name, lr in args.act if lr}
+    args.act = [name for name, _ in args.act]
+    if args.act_lr and len(args.lr) > 1:
+        parser.error("give each activation's lr either with --act NAME=LR or with --lr, "
+                     "not both")
     swept = [k for k in SWEEPABLE if len(getattr(args, k)) > 1]
     if len(swept) > 1:
         parser.error(f"only one option may take several values; got several for "
@@ -182,10 +207,11 @@ def run_settings(args, precision, **value):
     settings = {k: getattr(args, k) for k in keys}
     settings.update({k: getattr(args, k)[0] for k in SWEEPABLE})
     settings.update(value, model="CNN", precision=precision)
+    settings["lr"] = args.act_lr.get(settings["act"], settings["lr"])
     return settings
 
 
-def save_run(folder, net, settings, result, partition, device, args):
+def save_run(folder, net, settings, result, partition, device, loaders, args):
     """Every output of one run, result.json first; returns the files that failed."""
     tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
     name = os.path.basename(folder)
@@ -213,6 +239,13 @@ def save_run(folder, net, settings, result, partition, device, args):
                                   f"{name}: confusion matrix (test){tag}"), path, args.show)))
     jobs.append((join("filters.png"), lambda path: common.save_figure(
         plot_filters(net.conv1_1.weight, f"{name}: conv1_1 filters{tag}"), path, args.show)))
+    if result["train_losses"] and all(torch.isfinite(p).all() for p in net.parameters()):
+        took, figures = layer_figures(net, partition, loaders, settings, folder, tag,
+                                      args.show)
+        secs = result["epoch_seconds"]
+        print(f"what each layer sees: one pass over the val set with hooks took {took:.2f} s "
+              f"({100 * took / (sum(secs) / len(secs)):.1f}% of a training epoch)")
+        jobs += figures
     if args.save_model:
         state = {k: v.cpu() for k, v in net.state_dict().items()}  # loads on any machine
         jobs.append((join("model.pt"), functools.partial(
@@ -251,17 +284,258 @@ def epochs_to(errors, level=25.0):
 
 def summarize(rows, option):
     """The sweep's table: one row per value."""
-    print(f"\n{option:>8s} {'best val':>9s} {'test acc':>9s} {'s/epoch':>8s} "
-          f"{'train error < 25% at epoch':>27s}  status")
+    print(f"\n{option:>8s} {'lr':>7s} {'best val':>9s} {'test acc':>9s} {'s/epoch':>8s} "
+          f"{'last train error':>17s} {'train error < 25% at epoch':>27s}  status")
 
     def fmt(v, spec=".2f"):
         return "-" if v is None else format(v, spec)
 
     for r in rows:
-        print(f"{str(r['value']):>8s} {fmt(r['val_acc']):>9s} {fmt(r['test_acc']):>9s} "
-              f"{fmt(r['seconds_per_epoch']):>8s} "
+        errors = [100 - a for a in r["result"]["train_accs"]]
+        print(f"{str(r['value']):>8s} {r['lr']:>7g} {fmt(r['val_acc']):>9s} "
+              f"{fmt(r['test_acc']):>9s} {fmt(r['seconds_per_epoch']):>8s} "
+              f"{fmt(errors[-1] if errors else None):>17s} "
               f"{fmt(r['epochs_to_25'], 'd') if r['epochs_to_25'] else 'not reached':>27s}"
               f"  {r['status']}")
+
+
+def relu_claim(rows):
+    """AlexNet's Figure 1 claim against this sweep's relu and tanh runs, with the verdict
+    rule stated before the numbers. Returns the lines to print (none without both)."""
+    by_act = {r["value"]: r for r in rows}
+    if not {"relu", "tanh"} <= set(by_act):
+        return []
+    relu, tanh = by_act["relu"]["epochs_to_25"], by_act["tanh"]["epochs_to_25"]
+    epochs = len(by_act["tanh"]["result"]["train_accs"])
+    lines = ["claim (Krizhevsky, Sutskever and Hinton 2012, section 3.1 and Figure 1): a "
+             "four-layer CNN with ReLUs reaches 25% training error on CIFAR-10 six times "
+             "faster than the same network with tanh",
+             "rule, fixed in advance: 'holds' when relu reaches 25% training error in fewer "
+             "epochs than tanh (tanh not reaching it counts as more)"]
+    if relu is None:
+        lines.append("here: relu did not reach 25% training error -> verdict: does not show "
+                     "at this budget")
+    elif tanh is None:
+        lines.append(f"here: relu at epoch {relu}, tanh not within {epochs} epochs: ratio "
+                     f"> {epochs / relu:.1f}x (paper: 6x) -> verdict: holds")
+    else:
+        lines.append(f"here: relu at epoch {relu}, tanh at epoch {tanh}: ratio "
+                     f"{tanh / relu:.1f}x (paper: 6x) -> verdict: "
+                     f"{'holds' if relu < tanh else 'does not show at this budget'}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- 3.3.5 what each layer sees
+# The slide (after Zeiler and Fergus 2014): shallow layers respond to lines and colours,
+# deep layers to larger, more complex parts. Two figures show it for the trained CNN.
+
+SEEN_LAYERS = ("conv1_2", "conv2_2", "conv3_2")  # the last conv of each stage
+
+
+def layer_geometry(net, upto):
+    """(kernel, stride, padding) of every conv and pool from the input up to `upto`, in
+    the order forward() applies them."""
+    layers = []
+    for name in CNN.LAYER_ORDER:
+        m = getattr(net, name)
+        k, s, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride,
+                                                              m.padding))
+        layers.append((k, s, p))
+        if name == upto:
+            return layers
+    raise ValueError(f"{upto} is not in {CNN.LAYER_ORDER}")
+
+
+def receptive_box(layers, i, j, size=None):
+    """The input rows (top, bottom) and columns (left, right), inclusive, that output unit
+    (i, j) after `layers` depends on: walking back, an output span [a, b] of a layer
+    with kernel k, stride s and padding p reads the input span [a*s - p, b*s - p + k - 1].
+    Clipped to a size x size image when size is given."""
+    top, bottom, left, right = i, i, j, j
+    for k, s, p in reversed(layers):
+        top, bottom = top * s - p, bottom * s - p + k - 1
+        left, right = left * s - p, right * s - p + k - 1
+    if size is not None:
+        top, left = max(top, 0), max(left, 0)
+        bottom, right = min(bottom, size - 1), min(right, size - 1)
+    return top, bottom, left, right
+
+
+def receptive_field(layers):
+    top, bottom, _, _ = receptive_box(layers, 0, 0)
+    return bottom - top + 1
+
+
+@torch.no_grad()
+def stage_maps(net, image, amp_dtype=None):
+    """The maps after each of the three conv-conv-pool stages for one normalised image."""
+    maps = []
+    hook = net.pool.register_forward_hook(lambda m, i, o: maps.append(o[0].float().cpu()))
+    net.eval()
+    device = next(net.parameters()).device
+    try:
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
+                else contextlib.nullcontext():
+            net(image.unsqueeze(0).to(device))
+    finally:
+        hook.remove()
+    return maps                                  # [(16, 16, 16), (32, 8, 8), (64, 4, 4)]
+
+
+@torch.no_grad()
+def strongest_responses(net, loader, layers=SEEN_LAYERS, units=8, top=9, amp_dtype=None):
+    """One forward pass over loader (unshuffled) with hooks: for the first `units`
+    channels of each layer, the `top` images whose strongest response is largest, with
+    the position of that response. Returns {layer: [(unit, [(image index, i, j)])]}."""
+    found = {name: [] for name in layers}
+    width = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            width[name] = output.shape[-1]
+            values, where = output[:, :units].float().flatten(2).max(2)   # (B, units)
+            found[name].append((values, where))
+        return hook
+
+    hooks = [getattr(net, name).register_forward_hook(keep(name)) for name in layers]
+    net.eval()
+    device = next(net.parameters()).device
+    try:
+        for inputs, _ in loader:
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
+                    else contextlib.nullcontext():
+                net(inputs.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    result = {}
+    for name in layers:
+        values = torch.cat([v for v, _ in found[name]]).cpu()       # (N, units)
+        where = torch.cat([w for _, w in found[name]]).cpu()
+        best = values.topk(min(top, len(values)), dim=0).indices   # (top, units)
+        result[name] = [(u, [(int(n), *divmod(int(where[n, u]), width[name]))
+                             for n in best[:, u]]) for u in range(values.shape[1])]
+    return result
+
+
+def crop_field(image, box, field, fill=128):
+    """The part of a uint8 (3, H, W) image inside box, on a field x field canvas (grey
+    where the field reaches past the image border)."""
+    top, bottom, left, right = box
+    canvas = torch.full((3, field, field), fill, dtype=torch.uint8)
+    h, w = image.shape[1:]
+    t, l = max(top, 0), max(left, 0)
+    b, r = min(bottom, h - 1), min(right, w - 1)
+    canvas[:, t - top:b - top + 1, l - left:r - left + 1] = image[:, t:b + 1, l:r + 1]
+    return canvas
+
+
+def mosaic(tiles, per_row=3, gap=1, fill=255):
+    """Tiles (3, f, f) laid out per_row to a row with a white gap, as (H, W, 3) uint8."""
+    f = tiles[0].shape[-1]
+    rows = math.ceil(len(tiles) / per_row)
+    out = torch.full((3, rows * (f + gap) - gap, per_row * (f + gap) - gap), fill,
+                     dtype=torch.uint8)
+    for n, tile in enumerate(tiles):
+        r, c = divmod(n, per_row)
+        out[:, r * (f + gap):r * (f + gap) + f, c * (f + gap):c * (f + gap) + f] = tile
+    return out.permute(1, 2, 0).numpy()
+
+
+def plot_top_patches(net, responses, images, title=""):
+    """Per layer (row) and unit (column): the 9 val images that excite the unit most, each
+    cropped to the unit's receptive field around its strongest position."""
+    fig, axes = common.plt.subplots(len(responses), 8, figsize=(13, 5.4), squeeze=False)
+    for row, (name, units) in enumerate(responses.items()):
+        layers = layer_geometry(net, name)
+        field = receptive_field(layers)
+        for col in range(8):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col >= len(units):
+                continue
+            unit, hits = units[col]
+            tiles = [crop_field(images[n], receptive_box(layers, i, j), field)
+                     for n, i, j in hits]
+            ax.imshow(mosaic(tiles), interpolation="nearest")
+            ax.set_title(f"unit {unit}", fontsize=8)
+        axes[row, 0].text(-0.15, 0.5, f"{name}\n{field}x{field} px", fontsize=9,
+                          ha="right", va="center", transform=axes[row, 0].transAxes)
+    fig.suptitle(f"{title}\nthe 9 val images that excite each unit most, cropped to its "
+                 f"receptive field", fontsize=10)
+    return fig
+
+
+def plot_features(image, maps, title=""):
+    """One image, then 8 channels of the maps after each of the three stages."""
+    fig, axes = common.plt.subplots(len(maps) + 1, 8, figsize=(12, 6.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+    axes[0, 0].set_title(f"input {tuple(image.shape)}", fontsize=8)
+    for row, m in enumerate(maps, 1):
+        lo, hi = m[:8].min().item(), m[:8].max().item()
+        for col in range(min(8, len(m))):
+            im = axes[row, col].imshow(m[col].numpy(), cmap="viridis", vmin=lo,
+                                       vmax=hi if hi > lo else lo + 1,
+                                       interpolation="nearest")
+        axes[row, 0].set_title(f"after stage {row}: {tuple(m.shape)}, channels 0-7",
+                               fontsize=8, loc="left")
+        fig.colorbar(im, ax=axes[row].tolist(), fraction=0.02, pad=0.01)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def layer_figures(net, partition, loaders, settings, folder, tag, show):
+    """features.png and top_patches.png as save jobs; the hook pass is timed here."""
+    dtype = common.AMP_DTYPES[settings.get("precision", "fp32")]
+    name = os.path.basename(folder)
+    x_test = partition["test"][0][0]
+    maps = stage_maps(net, common.normalize(x_test.unsqueeze(0))[0], dtype)
+    common.synchronize(loaders["val"].device)
+    start = time.perf_counter()
+    responses = strongest_responses(net, loaders["val"], amp_dtype=dtype)
+    took = time.perf_counter() - start
+    return took, [
+        (os.path.join(folder, "features.png"), lambda path: common.save_figure(
+            plot_features(x_test, maps, f"{name}: test image 0 through the three stages{tag}"),
+            path, show)),
+        (os.path.join(folder, "top_patches.png"), lambda path: common.save_figure(
+            plot_top_patches(net, responses, partition["val"][0], f"{name}{tag}"), path,
+            show))]
+
+
+def load_model_file(path):
+    """The state_dict and settings of a model.pt, or UsageError with one line."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        CNN(act=saved["settings"]["act"]).load_state_dict(saved["state_dict"])
+        return saved
+    except FileNotFoundError:
+        raise common.UsageError(f"--from-model {path}: no such file") from None
+    except Exception as err:
+        raise common.UsageError(f"--from-model {path}: not a model.pt of this script "
+                                f"({common._short(err)}); save one with --save-model") from None
+
+
+def figures_from_model(args, partition, device, precision, saved):
+    """features.png and top_patches.png of a saved model, in a new run folder."""
+    settings = dict(saved["settings"], precision=precision)
+    net = new_model(partition, device, "pytorch", settings["act"])
+    net.load_state_dict(saved["state_dict"])
+    loaders = common.make_loaders(partition, device, args.train_batch_size,
+                                  args.test_batch_size)
+    folder = common.claim_run_dir(args.out_dir, args.exp_name)
+    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
+    took, jobs = layer_figures(net, partition, loaders, settings, folder, tag, args.show)
+    print(f"what each layer sees ({args.from_model}): one pass over the val set with hooks "
+          f"took {took:.2f} s")
+    with common.saving():
+        missing = common.save_all(jobs)
+    if missing:
+        return common.report_missing(folder, missing)
+    print(f"saved {', '.join(path for path, _ in jobs)}")
+    return 0
 
 
 def main(argv=None):
@@ -272,6 +546,7 @@ def main(argv=None):
         common.set_deterministic()
     device = common.device_or_exit(args.device)
     plan = run_plan(args)
+    saved = common.or_exit(load_model_file, args.from_model) if args.from_model else None
     if not args.benchmark:
         common.or_exit(common.check_out_dir, args.out_dir, [args.exp_name])
     partition = common.data_or_exit(args)
@@ -279,6 +554,8 @@ def main(argv=None):
     common.set_seed(args.seed)
     if args.benchmark:
         return benchmark(args, partition, device, precision)
+    if args.from_model:
+        return figures_from_model(args, partition, device, precision, saved)
     print(f"device: {device} ({common.device_name(device)}), precision {precision}, data: "
           f"{partition['kind']} (train {len(partition['train'][1])}, val "
           f"{len(partition['val'][1])}, test {len(partition['test'][1])})")
@@ -300,7 +577,8 @@ def main(argv=None):
             return 1
         settings, result = fitted
         with common.saving():
-            missing = save_run(folder, net, settings, result, partition, device, args)
+            missing = save_run(folder, net, settings, result, partition, device, loaders,
+                               args)
         accs = ", ".join(f"{k} acc {result[k + '_acc']:.2f}%" for k in ("val", "test")
                          if result[k + "_acc"] is not None)
         if missing:
@@ -310,6 +588,7 @@ def main(argv=None):
                   f"{', ' + accs if accs else ''}; saved in {folder}")
         secs = result["epoch_seconds"]
         rows.append({"value": next(iter(value.values()), None), "name": name,
+                     "lr": settings["lr"],
                      "val_acc": result["val_acc"], "test_acc": result["test_acc"],
                      "seconds_per_epoch": sum(secs) / len(secs) if secs else None,
                      "epochs_to_25": epochs_to([100 - a for a in result["train_accs"]]),
@@ -323,6 +602,9 @@ def main(argv=None):
             status = status or common.EXIT_DIVERGED
     if args.sweep:
         summarize(rows, args.sweep)
+        claim = relu_claim(rows) if args.sweep == "act" else []
+        for line in claim:
+            print(line)
         label = {r["name"]: f"{args.sweep}={r['value']}" for r in rows}
         fig = common.plot_curves(
             [("training error (%)", {label[r["name"]]: [100 - a for a in r["result"]["train_accs"]]
@@ -330,12 +612,17 @@ def main(argv=None):
              ("val accuracy (%)", {label[r["name"]]: r["result"]["val_accs"] for r in rows})],
             f"{args.exp_name}: one run per {args.sweep}, {common.epochs_text(args.epochs)}{tag}")
         path = common.claim_path(os.path.join(args.out_dir, f"{args.exp_name}_{args.sweep}.png"))
+        summary = {"option": args.sweep, "claim": claim, "date": time.strftime("%Y-%m-%d"),
+                   "device_name": common.device_name(device), "precision": precision,
+                   "runs": [{k: v for k, v in r.items() if k != "result"} for r in rows]}
+        jobs = [(path, lambda p: common.save_figure(fig, p, args.show)),
+                (path[:-4] + ".json", lambda p: common.save_json(summary, p))]
         with common.saving():
-            missing = common.save_all([(path, lambda p: common.save_figure(fig, p, args.show))])
+            missing = common.save_all(jobs)
         if missing:
             status = common.report_missing(args.out_dir, missing)
         else:
-            print(f"saved {path}")
+            print(f"saved {path} and {path[:-4]}.json")
     return status
 
 
