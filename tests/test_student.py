@@ -189,3 +189,87 @@ def test_result_json_records_precision_and_rounded_accuracies(tmp_path):
     for acc in record["result"]["val_accs"] + [record["result"]["test_acc"]]:
         assert round(acc, 2) == acc
     assert sum(map(sum, record["result"]["test_confusion"])) == 128
+
+
+# ----------------------------------------------------------------------------- what each layer sees
+
+def _probe(net, upto):
+    """The CNN's layers up to `upto` with all-ones convs, average pools, no activation: every
+    input pixel a unit depends on then gets a positive gradient (as 02 checks its formula)."""
+    layers = []
+    for name in cnn_train.CNN.LAYER_ORDER:
+        m = getattr(net, name)
+        if isinstance(m, torch.nn.Conv2d):
+            conv = torch.nn.Conv2d(1, 1, m.kernel_size, m.stride, m.padding, bias=False)
+            torch.nn.init.ones_(conv.weight)
+            layers.append(conv)
+        else:
+            layers.append(torch.nn.AvgPool2d(m.kernel_size, m.stride))
+        if name == upto:
+            return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("layer, field", [("conv1_2", 5), ("conv2_2", 14), ("conv3_2", 32)])
+@pytest.mark.parametrize("where", ["centre", "corner"])
+def test_receptive_box_is_exactly_the_pixels_with_gradient(layer, field, where):
+    net = cnn_train.CNN()
+    geometry = cnn_train.layer_geometry(net, layer)
+    assert cnn_train.receptive_field(geometry) == field
+    x = torch.zeros(1, 1, 32, 32, requires_grad=True)
+    y = _probe(net, layer)(x)
+    i = j = y.shape[-1] // 2 if where == "centre" else 0
+    y[0, 0, i, j].backward()
+    rows, cols = (x.grad[0, 0] > 0).nonzero(as_tuple=True)
+    top, bottom, left, right = cnn_train.receptive_box(geometry, i, j, size=32)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (top, bottom, left, right)
+    assert len(rows) == (bottom - top + 1) * (right - left + 1)  # the whole box, nothing else
+
+
+def test_layer_figures_from_a_run_and_from_a_saved_model(tmp_path):
+    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), "--save-model")
+    assert proc.returncode == 0, proc.stderr
+    assert "one pass over the val set with hooks took" in proc.stdout
+    for name in ("features.png", "top_patches.png"):
+        assert (tmp_path / "cnn" / name).stat().st_size > 0
+    again = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), "--exp-name",
+                       "look", "--from-model", str(tmp_path / "cnn" / "model.pt"))
+    assert again.returncode == 0, again.stderr
+    assert "Epoch" not in again.stdout
+    assert sorted(os.listdir(tmp_path / "look")) == ["features.png", "top_patches.png"]
+    missing = run_script("03_cnn_train.py", *QUICK, "--from-model", str(tmp_path / "nope.pt"))
+    assert missing.returncode == 2 and "--from-model" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_strongest_responses_find_the_brightest_image():
+    net = cnn_train.CNN()
+    images = torch.zeros(20, 3, 32, 32)
+    images[13, :, 5:9, 20:24] = 1.0  # one bright patch in image 13
+    with torch.no_grad():
+        for conv in (net.conv1_1, net.conv1_2):
+            conv.weight.fill_(0.1)
+            conv.bias.zero_()
+    found = cnn_train.strongest_responses(net, [(images[:10], None), (images[10:], None)],
+                                          layers=("conv1_2",), units=2, top=3)
+    unit, hits = found["conv1_2"][0]
+    n, i, j = hits[0]
+    assert n == 13 and 5 <= i <= 8 and 20 <= j <= 23
+
+
+def test_act_with_its_own_lr_and_the_claim_rule(capsys):
+    args = cnn_train.parse_args(["--act", "relu=0.05", "tanh=0.02"])
+    assert args.act == ["relu", "tanh"] and args.act_lr == {"relu": 0.05, "tanh": 0.02}
+    assert cnn_train.run_settings(args, "fp32", act="tanh")["lr"] == 0.02
+    with pytest.raises(SystemExit):
+        cnn_train.parse_args(["--act", "relu=0.05", "--lr", "0.1", "0.2"])
+    assert "not both" in capsys.readouterr().err
+
+    def row(act, errors):
+        return {"value": act, "epochs_to_25": cnn_train.epochs_to(errors),
+                "result": {"train_accs": [100 - e for e in errors]}}
+
+    lines = cnn_train.relu_claim([row("relu", [60, 30, 20]), row("tanh", [70, 50, 40])])
+    assert lines[-1].endswith("ratio > 1.0x (paper: 6x) -> verdict: holds")
+    lines = cnn_train.relu_claim([row("relu", [60, 40, 30]), row("tanh", [70, 20, 10])])
+    assert lines[-1].endswith("verdict: does not show at this budget")
+    assert cnn_train.relu_claim([row("relu", [1]), row("sigmoid", [1])]) == []
