@@ -4,10 +4,12 @@ for 32x32 CIFAR-10, compared side by side and each trainable with the shared loo
     python 04_case_studies.py                          # the comparison table + design rules
     python 04_case_studies.py --train lenet resnet20   # train some under one budget
     python 04_case_studies.py --train all --epochs 30  # all of them
+    python 04_case_studies.py --claim degradation      # a slide's claim, measured
 
 Outputs go to runs/04_case_studies/ (see README).
 """
 import argparse
+import functools
 import math
 import os
 import re
@@ -63,9 +65,10 @@ class AlexNet(nn.Module):
     """AlexNet. Krizhevsky, Sutskever, Hinton, "ImageNet classification with deep
     convolutional neural networks", NeurIPS 2012. Five conv layers with ReLU, max pooling,
     and dropout in the two large fully connected layers. For 32x32 inputs the 11x11
-    stride-4 stem becomes 3x3 stride 1 and the FC layers shrink from 4096 to 1024."""
+    stride-4 stem becomes 3x3 stride 1 and the FC layers shrink from 4096 to 1024.
+    dropout: the drop probability of the two dropout layers (0 removes them in effect)."""
 
-    def __init__(self, num_classes=10):
+    def __init__(self, num_classes=10, dropout=0.5):
         super().__init__()
         self.stage1 = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(inplace=True),
                                     nn.MaxPool2d(2))
@@ -76,8 +79,9 @@ class AlexNet(nn.Module):
             nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 4 * 4, 1024), nn.ReLU(inplace=True),
-            nn.Dropout(0.5), nn.Linear(1024, 1024), nn.ReLU(inplace=True),
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(256 * 4 * 4, 1024),
+            nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(1024, 1024),
+            nn.ReLU(inplace=True),
             nn.Linear(1024, num_classes))
         he_init(self)
 
@@ -123,6 +127,36 @@ class VGG(nn.Module):
     def forward(self, x):                  # (B, 3, 32, 32)
         x = self.features(x)               # (B, 512, 1, 1) after five halvings
         return self.classifier(torch.flatten(x, 1))   # (B, 10)
+
+
+class SmallVGG(nn.Module):
+    """The VGG rule in one net (Simonyan and Zisserman 2015, section 2.3): a 3x3 stem to C
+    channels, then three stages whose C -> C body is either two 3x3 convs (18 C^2 weights,
+    two ReLUs) or one 5x5 conv (25 C^2 weights, one ReLU), the same 5x5 receptive field.
+    Between stages a max pool halves the map and a 1x1 conv doubles C (32, 64, 128). Every
+    conv has BatchNorm; global average pooling and one linear layer end it."""
+
+    def __init__(self, kernel=3, width=32, num_classes=10):
+        super().__init__()
+        if kernel not in (3, 5):
+            raise ValueError(f"kernel must be 3 or 5, got {kernel}")
+        self.stem = conv_bn(3, width, 3)
+        self.bodies, self.transitions = nn.ModuleList(), nn.ModuleList()
+        c = width
+        for i in range(3):
+            self.bodies.append(nn.Sequential(conv_bn(c, c, 3), conv_bn(c, c, 3))
+                               if kernel == 3 else conv_bn(c, c, 5))
+            if i < 2:
+                self.transitions.append(nn.Sequential(nn.MaxPool2d(2), conv_bn(c, 2 * c, 1)))
+                c *= 2
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(c, num_classes))
+
+    def forward(self, x):                              # (B, 3, 32, 32)
+        x = self.bodies[0](self.stem(x))               # (B, 32, 32, 32)
+        x = self.bodies[1](self.transitions[0](x))     # (B, 64, 16, 16)
+        x = self.bodies[2](self.transitions[1](x))     # (B, 128, 8, 8)
+        return self.head(x)                            # (B, 10)
 
 
 # ============================================================================ 3.4.5 GoogLeNet
@@ -379,18 +413,22 @@ MODELS = {
     "resnet56": (lambda: ResNet(56), 0.1, 1e-4),
     "densenet": (lambda: DenseNet(100, 12), 0.1, 1e-4),
     "seresnet20": (lambda: ResNet(20, block=SEBasicBlock), 0.1, 1e-4),
+    "vgg3x3": (lambda: SmallVGG(3), 0.1, 5e-4),
+    "vgg5x5": (lambda: SmallVGG(5), 0.1, 5e-4),
 }
 
 
 def model_spec(name):
-    """(constructor, lr, weight decay) for a registered name, or for resnet<depth> /
-    seresnet<depth> at any depth 6n + 2 (32, 44, 110, ...); None if unknown."""
+    """(constructor, lr, weight decay) for a registered name, or for resnet<depth>,
+    seresnet<depth> or plain<depth> (the ResNet without shortcuts) at any depth 6n + 2
+    (20, 32, 44, 56, 110, ...); None if unknown."""
     if name in MODELS:
         return MODELS[name]
-    match = re.fullmatch(r"(se)?resnet(\d+)", name)
+    match = re.fullmatch(r"(seresnet|resnet|plain)(\d+)", name)
     if match and int(match.group(2)) >= 8 and (int(match.group(2)) - 2) % 6 == 0:
-        depth, block = int(match.group(2)), SEBasicBlock if match.group(1) else BasicBlock
-        return (lambda: ResNet(depth, block=block), 0.1, 1e-4)
+        kind, depth = match.group(1), int(match.group(2))
+        block = SEBasicBlock if kind == "seresnet" else BasicBlock
+        return (lambda: ResNet(depth, block=block, residual=kind != "plain"), 0.1, 1e-4)
     return None
 
 
@@ -599,28 +637,24 @@ def design_rules(log=print):
 
 # ============================================================================ training
 
-def train_models(names, args, device, precision):
-    """Train each model under one budget; val selects the epoch, test is read once."""
-    partition = common.data_or_exit(args)
+def train_runs(runs, args, device, precision, partition, out):
+    """Train each run under one budget (seed, data order, augmentation, schedule shared);
+    val selects the epoch, test is read once. A run is a dict with label (its folder
+    name), build (a constructor), lr, l2 and optionally aux. Returns (rows, exit status);
+    a row holds the run's numbers and curves."""
     tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
-    out = os.path.join(args.out_dir, "04_case_studies")
-    print(f"device: {device} ({common.device_name(device)}), precision {precision}, data: "
-          f"{partition['kind']}, {common.epochs_text(args.epochs)}, batch {args.batch_size}, "
-          f"augment {args.augment}, seed {args.seed}")
-    table, curves, status = [], {}, 0
-    for name in names:
-        ctor, lr, l2 = model_spec(name)
-        common.set_seed(args.seed)  # same data order and augmentation for every model
+    rows, status = [], 0
+    for run in runs:
+        name = run["label"]
+        common.set_seed(args.seed)  # same weights init order, data order and augmentation
         loaders = common.make_loaders(partition, device, args.batch_size, 500,
                                       augment=args.augment, seed=args.seed)
-        model = common.to_device(
-            GoogLeNet(aux=True) if name == "googlenet" and args.aux else ctor(), device)
-        settings = {"model": name, "optim": "SGD", "momentum": 0.9,
-                    "lr": args.lr or lr, "l2": args.l2 if args.l2 is not None else l2,
-                    "epochs": args.epochs, "schedule": "onecycle", "precision": precision,
-                    "train_batch_size": args.batch_size, "augment": args.augment,
-                    "aux": bool(args.aux and name == "googlenet"),
-                    "seed": args.seed, "data": partition["kind"], "limit": args.limit}
+        model = common.to_device(run["build"](), device)
+        settings = {"model": name, "optim": "SGD", "momentum": 0.9, "lr": run["lr"],
+                    "l2": run["l2"], "epochs": args.epochs, "schedule": "onecycle",
+                    "precision": precision, "train_batch_size": args.batch_size,
+                    "augment": args.augment, "aux": run.get("aux", False), "seed": args.seed,
+                    "data": partition["kind"], "limit": args.limit}
         folder = common.claim_run_dir(out, name)
         print(f"== {name}: {count_params(model):,} params, lr {settings['lr']:g}, "
               f"l2 {settings['l2']:g} -> {folder}")
@@ -631,7 +665,7 @@ def train_models(names, args, device, precision):
         settings, result = fitted
         secs = result["epoch_seconds"]
         row = {"model": name, "test_acc": result["test_acc"], "val_acc": result["val_acc"],
-               "params": count_params(model), "macs": count_macs(ctor()),
+               "params": count_params(model), "macs": count_macs(run["build"]()),
                "seconds_per_epoch": round(sum(secs) / len(secs), 2) if secs else None,
                "status": result["status"], "folder": folder}
         record = common.run_record(settings, result, device, partition["kind"], **row)
@@ -647,29 +681,54 @@ def train_models(names, args, device, precision):
                     args.show))])
         if missing:
             status = common.report_missing(folder, missing)
-        table.append(row)
-        curves[name] = result["val_accs"]
+        rows.append(dict(row, result=result, lr=settings["lr"], l2=settings["l2"]))
         if result["status"] == "interrupted" or common.stop_requested():
             status = common.interrupted_exit_code()
+            print(f"stopped by {common.stop_requested()}; the finished runs are saved",
+                  file=sys.stderr)
             break
         if result["status"] == "diverged":
             status = status or common.EXIT_DIVERGED
-    if not table:
-        return status
-    print(f"\n{'model':11s} {'test acc':>9s} {'val acc':>8s} {'params':>11s} {'s/epoch':>8s}  "
-          f"status")
+    return rows, status
 
+
+def print_table(rows):
     def fmt(v):
         return f"{v:.2f}" if v is not None else "-"
 
-    for r in table:
-        print(f"{r['model']:11s} {fmt(r['test_acc']):>9s} {fmt(r['val_acc']):>8s} "
+    print(f"\n{'model':13s} {'test acc':>9s} {'val acc':>8s} {'params':>11s} {'s/epoch':>8s}"
+          f"  status")
+    for r in rows:
+        print(f"{r['model']:13s} {fmt(r['test_acc']):>9s} {fmt(r['val_acc']):>8s} "
               f"{r['params']:>11,d} {fmt(r['seconds_per_epoch']):>8s}  {r['status']}")
+
+
+def train_models(names, args, device, precision):
+    """--train: the named models, each with its own lr and weight decay (or --lr/--l2)."""
+    partition = common.data_or_exit(args)
+    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
+    out = os.path.join(args.out_dir, "04_case_studies")
+    print(f"device: {device} ({common.device_name(device)}), precision {precision}, data: "
+          f"{partition['kind']}, {common.epochs_text(args.epochs)}, batch {args.batch_size}, "
+          f"augment {args.augment}, seed {args.seed}")
+    runs = []
+    for name in names:
+        ctor, lr, l2 = model_spec(name)
+        aux = name == "googlenet" and args.aux
+        runs.append({"label": name, "build": (lambda: GoogLeNet(aux=True)) if aux else ctor,
+                     "lr": args.lr or lr, "l2": args.l2 if args.l2 is not None else l2,
+                     "aux": aux})
+    rows, status = train_runs(runs, args, device, precision, partition, out)
+    if not rows:
+        return status
+    print_table(rows)
+    table = [{k: v for k, v in r.items() if k != "result"} for r in rows]
     summary = {"data": partition["kind"], "device": str(device),
                "device_name": common.device_name(device), "precision": precision,
                "epochs": args.epochs, "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d"), "models": table}
     title = f"{common.epochs_text(args.epochs)}{tag}"
+    curves = {r["model"]: r["result"]["val_accs"] for r in rows}
     jobs = [(os.path.join(out, "train_results.json"),
              lambda path: common.save_json(summary, path)),
             (os.path.join(out, "val_accuracy.png"), lambda path: common.save_figure(
@@ -683,10 +742,280 @@ def train_models(names, args, device, precision):
     if missing:
         return common.report_missing(out, missing)
     print(f"saved {', '.join(path for path, _ in jobs)} and the per-model folders")
-    if status in (130, 129, 143):
-        print(f"stopped by {common.stop_requested()}; the finished models are saved",
-              file=sys.stderr)
     return status
+
+
+# ============================================================================ the slides' claims
+# Each claim trains the few networks it needs under one shared budget (train_runs), draws
+# the figure that shows the effect, and prints the paper's number beside ours with a
+# verdict decided by the rule written in its `rule` line, fixed before any run.
+
+# quick: at most 10 minutes per claim on 2 CPU cores (measured); full: a GPU budget.
+# limit = images per split (train, val, test); epochs; None = the whole data set.
+BUDGETS = {
+    "degradation": {"quick": (3000, 10), "full": (None, 40)},
+    "batchnorm": {"quick": (3000, 10), "full": (None, 30)},
+    "aux": {"quick": (1500, 8), "full": (None, 30)},
+    "3x3": {"quick": (5000, 15), "full": (None, 30)},
+    "regularization": {"quick": (2000, 12), "full": (5000, 60)},
+}
+BN_TARGET = 40.0  # val accuracy (%) the batchnorm claim counts epochs to, fixed in advance
+
+
+def _final(row, key):
+    values = row["result"][key]
+    return values[-1] if values else None
+
+
+def _error(values):
+    return [None if v is None else round(100 - v, 2) for v in values]
+
+
+def claim_degradation(rows_of, budget):
+    """He et al. 2016, Figures 1 and 6, Table 6."""
+    rows = rows_of([
+        {"label": "plain20", "build": model_spec("plain20")[0], "lr": 0.1, "l2": 1e-4},
+        {"label": "plain56", "build": model_spec("plain56")[0], "lr": 0.1, "l2": 1e-4},
+        {"label": "resnet20", "build": model_spec("resnet20")[0], "lr": 0.1, "l2": 1e-4},
+        {"label": "resnet56", "build": model_spec("resnet56")[0], "lr": 0.1, "l2": 1e-4}])
+    r = {row["model"]: row for row in rows}
+    train_err = {k: 100 - _final(v, "train_accs") for k, v in r.items()}
+    val_err = {k: 100 - _final(v, "val_accs") for k, v in r.items()}
+    deeper_plain_worse = train_err["plain56"] > train_err["plain20"]
+    deeper_res_better = val_err["resnet56"] < val_err["resnet20"]
+    return {
+        "claim": "He, Zhang, Ren, Sun 2016 (CVPR), CIFAR-10, Figures 1 and 6: the 56-layer "
+                 "plain net has higher training error than the 20-layer one; with shortcuts "
+                 "the deeper net is better (Table 6: ResNet-20 8.75%, ResNet-56 6.97% test "
+                 "error)",
+        "rule": "holds when plain-56's final training error > plain-20's AND ResNet-56's "
+                "final val error < ResNet-20's",
+        "numbers": {"final_train_error": train_err, "final_val_error": val_err},
+        "ours": f"final training error plain-20 {train_err['plain20']:.2f}%, plain-56 "
+                f"{train_err['plain56']:.2f}%; val error ResNet-20 {val_err['resnet20']:.2f}%, "
+                f"ResNet-56 {val_err['resnet56']:.2f}%",
+        "holds": deeper_plain_worse and deeper_res_better,
+        "panels": [("training error (%)", {k: _error(v["result"]["train_accs"])
+                                           for k, v in r.items()}),
+                   ("val error (%)", {k: _error(v["result"]["val_accs"]) for k, v in r.items()})],
+    }
+
+
+def claim_batchnorm(rows_of, budget):
+    """Ioffe and Szegedy 2015."""
+    base_lr = MODELS["vgg"][1]
+    runs = [{"label": f"{name}_lr{lr:g}", "build": MODELS[name][0], "lr": lr, "l2": 5e-4}
+            for lr in (base_lr, 5 * base_lr) for name in ("vgg", "vgg_bn")]
+    rows = rows_of(runs)
+    r = {row["model"]: row for row in rows}
+
+    def epochs_to(row):
+        return next((i + 1 for i, a in enumerate(row["result"]["val_accs"])
+                     if a >= BN_TARGET), None)
+
+    reached = {k: epochs_to(v) for k, v in r.items()}
+    fate = {k: ("diverged" if v["status"] == "diverged" else
+                "stalled" if max(v["result"]["val_accs"], default=0) < 15 else "learned")
+            for k, v in r.items()}
+    plain, bn = reached[f"vgg_lr{base_lr:g}"], reached[f"vgg_bn_lr{base_lr:g}"]
+    holds = bn is not None and (plain is None or bn <= plain / 2)
+    return {
+        "claim": "Ioffe and Szegedy 2015 (ICML): batch norm reached the same accuracy in 14x "
+                 "fewer steps (with a higher lr and other changes), and in less than half "
+                 "the steps with BN alone",
+        "rule": f"holds when VGG-11-BN reaches {BN_TARGET:.0f}% val accuracy in at most half "
+                f"the epochs VGG-11 needs at the same lr {base_lr:g} (VGG-11 not reaching it "
+                f"counts as more)",
+        "numbers": {"epochs_to_target": reached, "target_val_acc": BN_TARGET, "fate": fate},
+        "ours": ", ".join(f"{k}: {'epoch ' + str(v) if v else 'not reached'} ({fate[k]})"
+                          for k, v in reached.items()),
+        "holds": holds,
+        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
+                   ("training loss", {k: v["result"]["train_losses"] for k, v in r.items()})],
+    }
+
+
+def claim_aux(rows_of, budget):
+    """Szegedy et al. 2015 and 2016."""
+    ctor, lr, l2 = MODELS["googlenet"]
+    rows = rows_of([{"label": "googlenet", "build": ctor, "lr": lr, "l2": l2},
+                    {"label": "googlenet_aux", "build": lambda: GoogLeNet(aux=True), "lr": lr,
+                     "l2": l2, "aux": True}])
+    r = {row["model"]: row for row in rows}
+    first = {k: v["result"]["val_accs"][0] for k, v in r.items()}
+    last = {k: _final(v, "val_accs") for k, v in r.items()}
+    gaps = [abs(first["googlenet_aux"] - first["googlenet"]),
+            abs(last["googlenet_aux"] - last["googlenet"])]
+    return {
+        "claim": "Szegedy et al. 2015 added auxiliary classifiers (loss weight 0.3) against "
+                 "vanishing gradients; Szegedy et al. 2016 (Inception-v3, section 4) found "
+                 "they do not speed early training and act as regularisers. With batch norm "
+                 "everywhere, expect a difference near noise",
+        "rule": "holds when the aux and plain runs differ by at most 2 points of val accuracy "
+                "after the first epoch and at the end",
+        "numbers": {"val_acc_after_epoch_1": first, "final_val_acc": last},
+        "ours": f"val accuracy after epoch 1: {first['googlenet']:.2f}% without, "
+                f"{first['googlenet_aux']:.2f}% with aux; at the end {last['googlenet']:.2f}% "
+                f"vs {last['googlenet_aux']:.2f}%",
+        "holds": max(gaps) <= 2.0,
+        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
+                   ("val loss (main head)", {k: v["result"]["val_losses"]
+                                             for k, v in r.items()})],
+    }
+
+
+def body_weights(net):
+    """Conv weights of each C -> C stage body of a SmallVGG: 18 C^2 (3x3) or 25 C^2 (5x5)."""
+    return [sum(m.weight.numel() for m in body.modules() if isinstance(m, nn.Conv2d))
+            for body in net.bodies]
+
+
+def claim_3x3(rows_of, budget):
+    """Simonyan and Zisserman 2015."""
+    rows = rows_of([{"label": name, "build": MODELS[name][0], "lr": MODELS[name][1],
+                     "l2": MODELS[name][2]} for name in ("vgg3x3", "vgg5x5")])
+    r = {row["model"]: row for row in rows}
+    body = {k: body_weights(SmallVGG(int(k[3]))) for k in r}
+    acc = {k: _final(v, "val_accs") for k, v in r.items()}
+    return {
+        "claim": "Simonyan and Zisserman 2015 (ICLR), section 2.3 and Table 3: two 3x3 convs "
+                 "see what one 5x5 sees with 18C^2 instead of 25C^2 weights and one more "
+                 "non-linearity; their net B with 5x5 convs had 7% higher top-1 error",
+        "rule": "holds when the two-3x3 net has fewer weights and mult-adds AND at least the "
+                "val accuracy of the one-5x5 net",
+        "numbers": {"params": {k: v["params"] for k, v in r.items()},
+                    "macs": {k: v["macs"] for k, v in r.items()},
+                    "conv_body_weights": body, "final_val_acc": acc},
+        "ours": f"3x3: {r['vgg3x3']['params']:,} params, {r['vgg3x3']['macs'] / 1e6:.1f}M "
+                f"mult-adds, val {acc['vgg3x3']:.2f}%; 5x5: {r['vgg5x5']['params']:,} params, "
+                f"{r['vgg5x5']['macs'] / 1e6:.1f}M mult-adds, val {acc['vgg5x5']:.2f}%",
+        "holds": (r["vgg3x3"]["params"] < r["vgg5x5"]["params"]
+                  and r["vgg3x3"]["macs"] < r["vgg5x5"]["macs"]
+                  and acc["vgg3x3"] >= acc["vgg5x5"]),
+        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
+                   ("training loss", {k: v["result"]["train_losses"] for k, v in r.items()})],
+    }
+
+
+def claim_regularization(rows_of, budget):
+    """Krizhevsky et al. 2012."""
+    lr = MODELS["alexnet"][1]
+    rows = rows_of([{"label": label, "build": functools.partial(AlexNet, dropout=p), "lr": lr,
+                     "l2": l2} for label, p, l2 in (("none", 0.0, 0.0), ("wd", 0.0, 5e-4),
+                                                    ("dropout", 0.5, 0.0),
+                                                    ("both", 0.5, 5e-4))])
+    r = {row["model"]: row for row in rows}
+    gap = {k: round(_final(v, "train_accs") - _final(v, "val_accs"), 2) for k, v in r.items()}
+    return {
+        "claim": "Krizhevsky, Sutskever and Hinton 2012, section 4.2: 'without dropout, our "
+                 "network exhibits substantial overfitting'",
+        "rule": "holds when both runs without dropout (none, wd) end with a larger train - "
+                "val accuracy gap than both runs with dropout (dropout, both)",
+        "numbers": {"final_gap_train_minus_val": gap,
+                    "final_val_acc": {k: _final(v, "val_accs") for k, v in r.items()}},
+        "ours": "final train - val gap: " + ", ".join(f"{k} {v:.2f}" for k, v in gap.items()),
+        "holds": min(gap["none"], gap["wd"]) > max(gap["dropout"], gap["both"]),
+        "panels": [("train accuracy (%)", {k: v["result"]["train_accs"] for k, v in r.items()}),
+                   ("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()})],
+    }
+
+
+CLAIMS = {"degradation": claim_degradation, "batchnorm": claim_batchnorm, "aux": claim_aux,
+          "3x3": claim_3x3, "regularization": claim_regularization}
+
+
+def run_claim(name, args, device, precision):
+    """--claim NAME: its networks under the budget, the figure, the JSON, the verdict."""
+    limit, epochs = BUDGETS[name][args.budget]
+    limit, epochs = args.limit or limit, args.epochs or epochs  # explicit options win
+    args.limit, args.epochs = limit, epochs
+    if name == "regularization":
+        args.augment = False  # augmentation is a regulariser too: the claim is about dropout
+    partition = common.data_or_exit(args)
+    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
+    out = os.path.join(args.out_dir, "04_case_studies", "claims")
+    print(f"claim {name}, budget {args.budget}: {limit or 'all'} images per split, "
+          f"{common.epochs_text(epochs)}, batch {args.batch_size}, augment {args.augment}, "
+          f"seed {args.seed}; device {device} ({common.device_name(device)}), {precision}, "
+          f"data {partition['kind']}")
+    result = {}
+
+    def rows_of(runs):
+        rows, result["status"] = train_runs(runs, args, device, precision, partition,
+                                            os.path.join(out, name))
+        result["rows"] = rows
+        if result["status"] or len(rows) < len(runs):
+            raise KeyboardInterrupt  # a run was stopped: no verdict from part of the runs
+        return rows
+
+    started = time.perf_counter()
+    try:
+        verdict = CLAIMS[name](rows_of, args.budget)
+    except KeyboardInterrupt:
+        print(f"claim {name}: not all runs finished; no verdict", file=sys.stderr)
+        return result.get("status") or common.interrupted_exit_code()
+    minutes = (time.perf_counter() - started) / 60
+    print_table(result["rows"])
+    word = "holds" if verdict["holds"] else "does not show at this budget"
+    print(f"\nclaim:   {verdict['claim']}\nrule:    {verdict['rule']}\n"
+          f"ours:    {verdict['ours']}\nverdict: {word} ({minutes:.1f} min)")
+    record = {"claim": name, "paper": verdict["claim"], "rule": verdict["rule"],
+              "ours": verdict["ours"], "numbers": verdict["numbers"], "verdict": word,
+              "budget": args.budget, "limit": limit, "epochs": epochs,
+              "augment": args.augment, "seed": args.seed, "data": partition["kind"],
+              "device": str(device), "device_name": common.device_name(device),
+              "precision": precision, "minutes": round(minutes, 1),
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+              "runs": [{k: v for k, v in r.items()} for r in result["rows"]]}
+    title = (f"{name}: {word} ({args.budget} budget, {limit or 'all'} images, "
+             f"{common.epochs_text(epochs)}){tag}")
+    jobs = [(os.path.join(out, f"{name}.json"), lambda p: common.save_json(record, p)),
+            (os.path.join(out, f"{name}.png"), lambda p: common.save_figure(
+                common.plot_curves(verdict["panels"], title), p, args.show))]
+    with common.saving():
+        missing = common.save_all(jobs)
+    if missing:
+        return common.report_missing(out, missing)
+    print(f"saved {jobs[0][0]} and {jobs[1][0]}")
+    return 0
+
+
+# ============================================================================ 3.4 ImageNet chart
+
+# ILSVRC classification winners, top-5 error (%), from the primary sources:
+IMAGENET_TOP5 = [
+    # year, entry, top-5 error, source
+    (2010, "NEC-UIUC", 28.2, "ILSVRC 2010 results page (image-net.org/challenges/LSVRC/2010)"),
+    (2011, "XRCE", 25.8, "ILSVRC 2011 results page (image-net.org/challenges/LSVRC/2011)"),
+    (2012, "SuperVision (AlexNet)", 16.4, "Krizhevsky et al. 2012, Table 2, '5 CNNs' trained "
+                                          "on ILSVRC-2012 data only (15.3% with extra data)"),
+    (2013, "Clarifai", 11.7, "ILSVRC 2013 results page; Russakovsky et al. 2015, IJCV, "
+                             "Table 7 (ZFNet's own paper: 14.8%)"),
+    (2014, "GoogLeNet", 6.67, "Szegedy et al. 2015, Table 2 (VGG second: 7.3%, Simonyan "
+                              "and Zisserman 2015, Table 7)"),
+    (2015, "ResNet (MSRA)", 3.57, "He et al. 2016, Table 4 (ensemble, test set)"),
+    (2016, "Trimps-Soushen", 2.99, "ILSVRC 2016 results page, image-net.org/challenges/LSVRC/2016"),
+    (2017, "SENet", 2.25, "Hu et al. 2018, section 6.1 (ILSVRC 2017 winner)"),
+]
+HUMAN_TOP5 = (5.1, "Russakovsky et al. 2015, IJCV, section 6.4 (one trained annotator)")
+
+
+def plot_imagenet(title="ILSVRC classification: the winners' top-5 error"):
+    fig, ax = common.plt.subplots(figsize=(8, 4.5))
+    years = [y for y, *_ in IMAGENET_TOP5]
+    errors = [e for _, _, e, _ in IMAGENET_TOP5]
+    bars = ax.bar(years, errors, color=["#999"] * 2 + ["#3a7"] * (len(years) - 2))
+    for bar, (_, entry, err, _) in zip(bars, IMAGENET_TOP5):
+        ax.annotate(f"{err:g}%\n{entry}", (bar.get_x() + bar.get_width() / 2, err),
+                    ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                    textcoords="offset points")
+    ax.axhline(HUMAN_TOP5[0], color="crimson", ls="--")
+    ax.text(years[0] - 0.4, HUMAN_TOP5[0] + 0.6, f"human, about {HUMAN_TOP5[0]}%",
+            color="crimson", fontsize=8)
+    ax.set(xticks=years, ylabel="top-5 error (%)", ylim=(0, 33), title=title)
+    fig.text(0.01, -0.02, "grey: before CNNs; green: CNN winners. Sources in "
+             "04_case_studies.py (IMAGENET_TOP5)", fontsize=7)
+    return fig
 
 
 # ============================================================================ main
@@ -699,8 +1028,9 @@ def build_parser():
     p.add_argument("--train", nargs="+", metavar="NAME", default=None,
                    help=f"train these models (or 'all'): {', '.join(MODELS)}; also "
                         "resnet<depth> and seresnet<depth> for any depth 6n+2 (32, 44, 110)")
-    p.add_argument("--epochs", type=common.positive_int, default=30,
-                   help="epochs for every trained model")
+    p.add_argument("--epochs", type=common.positive_int, default=None,
+                   help="epochs for every trained model; default: 30 for --train, the "
+                        "budget's for --claim")
     p.add_argument("--batch-size", type=common.positive_int, default=128,
                    help="images per training step")
     p.add_argument("--lr", type=common.positive_float, default=None,
@@ -710,6 +1040,14 @@ def build_parser():
     common.add_augment_amp_args(p)
     p.add_argument("--aux", action="store_true",
                    help="train GoogLeNet with its auxiliary classifier (loss weight 0.3)")
+    p.add_argument("--claim", choices=tuple(CLAIMS), default=None,
+                   help="measure one of the slides' claims: train the networks it needs, "
+                        "save claims/NAME.png and NAME.json, print the paper's number, ours "
+                        "and a verdict by a rule stated in advance")
+    p.add_argument("--budget", choices=("quick", "full"), default="quick",
+                   help="for --claim: quick = at most 10 minutes per claim on 2 CPU cores "
+                        "(a subset and few epochs, printed); full = the whole set and "
+                        "30-60 epochs, for a GPU")
     common.add_device_args(p)
     common.add_data_args(p)
     common.add_output_args(p)
@@ -719,6 +1057,8 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.claim and args.train:
+        parser.error("--claim and --train: give one of them")
     if args.train:
         if "all" in args.train and len(args.train) > 1:
             parser.error("--train: give 'all' alone, or a list of model names")
@@ -742,7 +1082,10 @@ def main(argv=None):
     precision = common.choose_precision(device, args.amp)
     common.set_seed(args.seed)
     if args.train:
+        args.epochs = args.epochs or 30
         return train_models(args.train, args, device, precision)
+    if args.claim:
+        return run_claim(args.claim, args, device, precision)
 
     out = os.path.join(args.out_dir, "04_case_studies")
     common.section(f"3.4 Case studies on 32x32 inputs, device {device}, {precision}")
@@ -763,12 +1106,14 @@ def main(argv=None):
     title = f"size vs cost ({device}, {precision})"
     jobs = [(os.path.join(out, "compare.json"), lambda path: common.save_json(record, path)),
             (os.path.join(out, "compare.png"), lambda path: common.save_figure(
-                plot_compare(rows, title), path, args.show))]
+                plot_compare(rows, title), path, args.show)),
+            (os.path.join(out, "imagenet_top5.png"), lambda path: common.save_figure(
+                plot_imagenet(), path, args.show))]
     with common.saving():
         missing = common.save_all(jobs)
     if missing:
         return common.report_missing(out, missing)
-    print(f"\nsaved {jobs[0][0]} and {jobs[1][0]}" +
+    print(f"\nsaved {', '.join(path for path, _ in jobs)}" +
           (f" ({len(rows)} of {len(MODELS)} models: stopped by {common.stop_requested()})"
            if status else ""))
     return status

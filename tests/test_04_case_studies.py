@@ -13,7 +13,7 @@ cs = load_script("04_case_studies.py")
 # The parameter counts README's table states (python 04_case_studies.py prints them).
 PARAMS = {"lenet": 62_006, "alexnet": 7_506_762, "vgg": 9_225_610, "vgg_bn": 9_228_362,
           "googlenet": 564_402, "resnet20": 269_722, "resnet56": 853_018,
-          "densenet": 769_162, "seresnet20": 272_782}
+          "densenet": 769_162, "seresnet20": 272_782, "vgg3x3": 400_810, "vgg5x5": 550_890}
 
 
 def test_every_model_is_listed():
@@ -110,6 +110,7 @@ def test_default_table_writes_json_and_figure(tmp_path):
     assert {r["model"]: r["params"] for r in record["models"]} == PARAMS
     assert all(r["macs"] > 0 and r["train_images_per_s"] > 0 for r in record["models"])
     assert (folder / "compare.png").stat().st_size > 0
+    assert (folder / "imagenet_top5.png").stat().st_size > 0
     for lesson in ("Inception 3a", "SE block", "gradient norm at the first conv",
                    "DenseNet-BC-100 block 1"):
         assert lesson in proc.stdout
@@ -147,3 +148,57 @@ def test_resnet_depth_is_selectable(name, blocks):
     n_blocks = sum(isinstance(m, cs.BasicBlock) for m in model.modules())
     assert n_blocks == blocks  # (depth - 2) / 2 residual blocks
     assert cs.model_spec("resnet21") is None and cs.model_spec("resnet") is None
+
+
+# ----------------------------------------------------------------------------- the slides' claims
+
+@pytest.mark.parametrize("claim", sorted(cs.CLAIMS))
+def test_each_claim_runs_end_to_end(claim, tmp_path, capsys):
+    code = cs.main(["--claim", claim, "--data", "synthetic", "--limit", "32", "--epochs", "1",
+                    "--no-download", "--out-dir", str(tmp_path)])
+    assert code == 0
+    folder = tmp_path / "04_case_studies" / "claims"
+    record = json.loads((folder / f"{claim}.json").read_text())
+    assert record["verdict"] in ("holds", "does not show at this budget")
+    assert record["paper"] and record["rule"] and record["numbers"]
+    assert record["limit"] == 32 and record["epochs"] == 1
+    assert all(len(r["result"]["val_accs"]) == 1 for r in record["runs"])
+    assert (folder / f"{claim}.png").stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "claim:" in out and "rule:" in out and f"verdict: {record['verdict']}" in out
+
+
+def test_plain_net_is_the_resnet_without_shortcuts():
+    plain, res = cs.build("plain20"), cs.build("resnet20")
+    assert cs.count_params(plain) == cs.count_params(res) == 269_722
+    plain.load_state_dict(res.state_dict())  # the same layers and weights ...
+    plain.eval(), res.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), res(x))  # ... but no identity path
+    block = cs.BasicBlock(8, 8, residual=False)
+    nn.init.zeros_(block.bn2.weight)  # branch output 0: a plain block gives 0, not x
+    assert block(torch.rand(1, 8, 4, 4)).abs().sum() == 0
+    assert cs.model_spec("plain56") is not None and cs.model_spec("plain57") is None
+
+
+def test_3x3_pair_has_18c2_and_5x5_has_25c2_weights_per_stage():
+    assert cs.body_weights(cs.SmallVGG(3)) == [18 * c * c for c in (32, 64, 128)]
+    assert cs.body_weights(cs.SmallVGG(5)) == [25 * c * c for c in (32, 64, 128)]
+    assert cs.SmallVGG(5)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_imagenet_table_is_ordered_and_matches_the_sources():
+    years = [y for y, *_ in cs.IMAGENET_TOP5]
+    assert years == sorted(set(years))
+    assert {y: e for y, _, e, _ in cs.IMAGENET_TOP5} == {
+        2010: 28.2, 2011: 25.8, 2012: 16.4, 2013: 11.7, 2014: 6.67, 2015: 3.57, 2016: 2.99,
+        2017: 2.25}
+    assert cs.HUMAN_TOP5[0] == 5.1 and all(source for *_, source in cs.IMAGENET_TOP5)
+
+
+def test_unknown_claim_exits_2_with_the_list():
+    proc = run_script("04_case_studies.py", "--claim", "bogus")
+    assert proc.returncode == 2
+    for name in cs.CLAIMS:
+        assert name in proc.stderr
