@@ -155,7 +155,9 @@ def main(argv=None):
                               atol=1e-5)
     check("a convolution's output just moves along (conv(shift(x)) == shift(conv(x)) "
           "away from the border): it finds the same features wherever they are", same)
-    print(f"saved {common.save_figure(common.imshow(img, label), os.path.join(out, 'image.png'), args.show)}")
+    path = common.save_figure(common.imshow(img, label), os.path.join(out, "image.png"),
+                              args.show)
+    print(f"saved {path}")
 
     # 3.3.2 Convolution in 1-D -------------------------------------------------------
     common.section("3.3.2 Convolution vs cross-correlation in 1-D")

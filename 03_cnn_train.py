@@ -515,7 +515,8 @@ def load_model_file(path):
         raise common.UsageError(f"--from-model {path}: no such file") from None
     except Exception as err:
         raise common.UsageError(f"--from-model {path}: not a model.pt of this script "
-                                f"({common._short(err)}); save one with --save-model") from None
+                                f"({common.short_error(err)}); save one with "
+                                f"--save-model") from None
 
 
 def figures_from_model(args, partition, device, precision, saved):

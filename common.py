@@ -421,9 +421,9 @@ def _download_cifar10(data_dir):
             os.remove(archive)
         if _is_network_error(err):
             raise DataMissing(f"CIFAR-10 is not in {data_dir} and could not be downloaded "
-                              f"({_short(err)})") from None
-        raise DataError(f"downloading CIFAR-10 into {data_dir} failed ({_short(err)}); run "
-                        f"again, or put {CIFAR_FILE} from {CIFAR_URL} there, or use "
+                              f"({short_error(err)})") from None
+        raise DataError(f"downloading CIFAR-10 into {data_dir} failed "
+                        f"({short_error(err)}); run again, or put {CIFAR_FILE} from {CIFAR_URL} there, or use "
                         f"--data synthetic") from None
     finally:
         socket.setdefaulttimeout(old_timeout)
@@ -448,14 +448,15 @@ def _extract_cifar10(data_dir):
             shutil.rmtree(folder)
         os.rename(unpacked, folder)
     except Exception as err:
-        raise DataError(f"{archive} is truncated or corrupt ({_short(err)}); delete it and "
+        raise DataError(f"{archive} is truncated or corrupt ({short_error(err)}); delete it and "
                         f"run again to download it anew, or put a complete copy there, or "
                         f"use --data synthetic") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _short(err):
+def short_error(err):
+    """An exception as one line: its type and the first line of its message."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no detail'}"
 
@@ -472,7 +473,7 @@ def _read_cifar10(data_dir):
         classes = list(ds.classes)
     except Exception as err:  # a missing or damaged batch file, a bad md5, a bad pickle
         raise DataError(f"CIFAR-10 in {os.path.join(data_dir, CIFAR_FOLDER)} is incomplete "
-                        f"or corrupt ({_short(err)}); delete that folder and run again to "
+                        f"or corrupt ({short_error(err)}); delete that folder and run again to "
                         f"download it anew, or use --data synthetic") from None
     sets = {"classes": classes}
     for split, (data, targets) in raw.items():
@@ -480,7 +481,7 @@ def _read_cifar10(data_dir):
             x = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()
             y = torch.as_tensor(np.asarray(targets, dtype=np.int64))
         except Exception as err:  # e.g. "Numpy is not available": torch built for numpy 1
-            raise DataError(f"torch cannot read numpy arrays here ({_short(err)}); install "
+            raise DataError(f"torch cannot read numpy arrays here ({short_error(err)}); install "
                             f"matching versions: pip install -r requirements.txt") from None
         if x.shape[1:] != (3, 32, 32) or len(x) != len(y) or len(x) == 0:
             raise DataError(f"CIFAR-10 {split} images have shape {tuple(x.shape)} for "
@@ -669,7 +670,7 @@ def load_image(path=None, data="auto", data_dir="./data", download=True, size=32
             raise DataError(f"--image {path}: too many pixels to open safely ({err}); "
                             f"give a smaller picture") from None
         except (OSError, ValueError, SyntaxError, MemoryError) as err:
-            raise DataError(f"cannot read --image {path}: {_short(err)}; give a PNG or "
+            raise DataError(f"cannot read --image {path}: {short_error(err)}; give a PNG or "
                             f"JPEG file") from None
         return _square(rgb, size), f"your image {path}, resized to {size}x{size}"
     if data != "synthetic":
@@ -933,8 +934,9 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, scaler
     """Train for settings['epochs'], keep the weights of the best val epoch, test them once.
 
     settings needs optim (SGD, RMSprop or Adam), lr, l2 (weight decay), epochs; momentum,
-    schedule (onecycle, cosine or none), label_smoothing and clip_grad are optional. amp_dtype and scaler go to train(); progress(epoch, batch,
-    n_batches, loss), if given, is called after every step.
+    schedule (onecycle, cosine or none), label_smoothing and clip_grad are optional.
+    amp_dtype and scaler go to train(); progress(epoch, batch, n_batches, loss), if
+    given, is called after every step.
     Returns (settings, result); result has the lecture's keys train_losses, val_losses,
     train_accs, val_accs, train_acc, val_acc, test_acc, plus test_confusion, status
     ('completed', 'diverged' or 'interrupted'), epoch_seconds and best_epoch. A NaN or
