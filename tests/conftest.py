@@ -58,7 +58,7 @@ def load_script(name):
     return module
 
 
-def run_script(*args, timeout=240):
+def run_script(*args, timeout=900):
     """Run a script as a student would, offline; returns the CompletedProcess."""
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,

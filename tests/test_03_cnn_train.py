@@ -128,7 +128,7 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
             if line.startswith("Epoch 1,"):
                 break
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == 130, err

@@ -103,7 +103,7 @@ def test_downsampling_shortcut_pads_channels_with_zeros():
 
 
 def test_default_table_writes_json_and_figure(tmp_path):
-    proc = run_script("04_case_studies.py", "--out-dir", str(tmp_path), timeout=300)
+    proc = run_script("04_case_studies.py", "--out-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "04_case_studies"
     record = json.loads((folder / "compare.json").read_text())

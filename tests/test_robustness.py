@@ -286,7 +286,7 @@ def test_sigterm_and_sighup_save_like_ctrl_c(sig, code, tmp_path):
             if line.startswith("Epoch 0,"):
                 break
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
     assert proc.returncode == code, err
@@ -316,7 +316,7 @@ def test_closed_stdout_still_finishes_and_saves(tmp_path):
     proc.stdout.readline()  # like `| head -1`
     proc.stdout.close()
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=240) == 0, err
+    assert proc.wait(timeout=900) == 0, err
     assert "Traceback" not in err
     record = json.loads((tmp_path / "cnn" / "result.json").read_text())
     assert record["status"] == "completed" and len(record["result"]["val_accs"]) == 2

@@ -60,7 +60,7 @@ def test_lecture_functions_paste_into_a_notebook(tmp_path):
     path.write_text(source)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "PASTED OK" in proc.stdout
     assert "corr2d [[19.0, 25.0], [37.0, 43.0]]" in proc.stdout
