@@ -106,7 +106,7 @@ def build_parser():
                    help="momentum for SGD and RMSprop")
     p.add_argument("--lr", type=common.positive_float, nargs="+", default=[0.05],
                    help="learning rate (peak rate of the schedule)")
-    p.add_argument("--act", type=activation, nargs="+", default=[("relu", None)],
+    p.add_argument("--act", type=activation, nargs="+", default=["relu"],
                    metavar="ACT[=LR]",
                    help=f"activation after every conv (the notebook's args.act): "
                         f"{', '.join(ACTIVATIONS)}; ACT=LR gives that run its own learning "
@@ -170,8 +170,9 @@ def parse_args(argv=None):
                       f"{' '.join(map(str, value)) if isinstance(value, list) else value}")
             else:
                 setattr(args, key, value)
-    args.act_lr = {name: lr for name, lr in args.act if lr}
-    args.act = [name for name, _ in args.act]
+    pairs = [a if isinstance(a, tuple) else (a, None) for a in args.act]  # default: names
+    args.act_lr = {name: lr for name, lr in pairs if lr}
+    args.act = [name for name, _ in pairs]
     if args.act_lr and len(args.lr) > 1:
         parser.error("give each activation's lr either with --act NAME=LR or with --lr, "
                      "not both")
