@@ -279,14 +279,15 @@ def new_model(partition, device, init="auto", act="relu"):
 
 
 def epochs_to(errors, level=25.0):
-    """First epoch (counted from 1) at which the training error fell below level %."""
+    """How many epochs it took the training error to fall below level % (the log's
+    'Epoch 0' is the first), or None."""
     return next((i + 1 for i, e in enumerate(errors) if e < level), None)
 
 
 def summarize(rows, option):
     """The sweep's table: one row per value."""
     print(f"\n{option:>8s} {'lr':>7s} {'best val':>9s} {'test acc':>9s} {'s/epoch':>8s} "
-          f"{'last train error':>17s} {'train error < 25% at epoch':>27s}  status")
+          f"{'last train error':>17s} {'epochs to train error < 25%':>29s}  status")
 
     def fmt(v, spec=".2f"):
         return "-" if v is None else format(v, spec)
@@ -296,7 +297,7 @@ def summarize(rows, option):
         print(f"{str(r['value']):>8s} {r['lr']:>7g} {fmt(r['val_acc']):>9s} "
               f"{fmt(r['test_acc']):>9s} {fmt(r['seconds_per_epoch']):>8s} "
               f"{fmt(errors[-1] if errors else None):>17s} "
-              f"{fmt(r['epochs_to_25'], 'd') if r['epochs_to_25'] else 'not reached':>27s}"
+              f"{fmt(r['epochs_to_25'], 'd') if r['epochs_to_25'] else 'not reached':>29s}"
               f"  {r['status']}")
 
 
@@ -317,10 +318,10 @@ def relu_claim(rows):
         lines.append("here: relu did not reach 25% training error -> verdict: does not show "
                      "at this budget")
     elif tanh is None:
-        lines.append(f"here: relu at epoch {relu}, tanh not within {epochs} epochs: ratio "
+        lines.append(f"here: relu after {relu} epochs, tanh not within {epochs}: ratio "
                      f"> {epochs / relu:.1f}x (paper: 6x) -> verdict: holds")
     else:
-        lines.append(f"here: relu at epoch {relu}, tanh at epoch {tanh}: ratio "
+        lines.append(f"here: relu after {relu} epochs, tanh after {tanh}: ratio "
                      f"{tanh / relu:.1f}x (paper: 6x) -> verdict: "
                      f"{'holds' if relu < tanh else 'does not show at this budget'}")
     return lines

@@ -174,7 +174,7 @@ def test_act_sweep_writes_one_run_per_value_a_figure_and_a_summary(tmp_path):
         record = json.loads((tmp_path / f"cnn_{act}" / "result.json").read_text())
         assert record["settings"]["act"] == act
     assert (tmp_path / "cnn_act.png").stat().st_size > 0
-    assert "train error < 25% at epoch" in proc.stdout
+    assert "epochs to train error < 25%" in proc.stdout
     rows = [line.split()[0] for line in proc.stdout.splitlines()
             if line.strip().startswith(("relu ", "tanh ", "sigmoid "))]
     assert rows == ["relu", "tanh", "sigmoid"]
