@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, load_script, run_script
 
 cnn_train = load_script("03_cnn_train.py")
-QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "256", "--no-download")
+QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "128", "--no-download")
 
 
 @pytest.mark.parametrize("bad", [
@@ -81,9 +81,7 @@ def test_several_lrs_give_one_run_each_and_a_comparison(tmp_path):
     assert (tmp_path / "exp1_lr_lr0.01" / "result.json").exists()
     assert (tmp_path / "exp1_lr_lr.png").stat().st_size > 0
     # the second run starts from the same weights and data order as a run on its own
-    alone = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path / "alone"),
-                       "--lr", "0.01")
-    assert alone.returncode == 0, alone.stderr
+    assert cnn_train.main([*QUICK, "--out-dir", str(tmp_path / "alone"), "--lr", "0.01"]) == 0
     second = json.loads((tmp_path / "exp1_lr_lr0.01" / "result.json").read_text())
     single = json.loads((tmp_path / "alone" / "cnn" / "result.json").read_text())
     assert second["result"]["train_losses"] == single["result"]["train_losses"]

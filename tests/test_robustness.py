@@ -228,8 +228,7 @@ def test_disk_full_at_the_end_saves_what_it_can(tmp_path, monkeypatch, capsys):
 
 def test_a_second_run_gets_a_fresh_folder_with_normal_permissions(tmp_path):
     for _ in range(2):
-        proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path))
-        assert proc.returncode == 0, proc.stderr
+        assert cnn_train.main([*QUICK, "--out-dir", str(tmp_path)]) == 0
     assert sorted(os.listdir(tmp_path)) == ["cnn", "cnn-2"]
     mode = os.stat(tmp_path / "cnn-2" / "result.json").st_mode & 0o777
     assert mode == 0o666 & ~common._UMASK
