@@ -342,9 +342,10 @@ def test_03_refuses_with_one_line(argv, message, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_02_channels_too_large_exits_2():
-    proc = run_script("02_padding_pooling.py", "--channels", "100000", "--data", "synthetic")
-    assert proc.returncode == 2 and "--channels: at most 1024" in proc.stderr
+def test_02_channels_too_large_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_script("02_padding_pooling.py").build_parser().parse_args(["--channels", "100000"])
+    assert exit_.value.code == 2 and "--channels: at most 1024" in capsys.readouterr().err
 
 
 def test_lecture_with_an_explicit_option_lets_it_win(capsys):
@@ -353,10 +354,11 @@ def test_lecture_with_an_explicit_option_lets_it_win(capsys):
     assert "--lecture: your --lr replaces the lecture's 0.001" in capsys.readouterr().out
 
 
-def test_04_all_with_names_is_refused_clearly():
-    proc = run_script("04_case_studies.py", "--train", "all", "lenet")
-    assert proc.returncode == 2 and "give 'all' alone" in proc.stderr
-    assert "unknown model" not in proc.stderr
+def test_04_all_with_names_is_refused_clearly(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_script("04_case_studies.py").parse_args(["--train", "all", "lenet"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "give 'all' alone" in err and "unknown model" not in err
 
 
 def test_04_out_of_memory_keeps_finished_models(tmp_path, monkeypatch, capsys):
