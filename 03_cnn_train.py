@@ -533,12 +533,7 @@ def figures_from_model(args, partition, device, precision, saved):
     took, jobs = layer_figures(net, partition, loaders, settings, folder, tag, args.show)
     print(f"what each layer sees ({args.from_model}): one pass over the val set with hooks "
           f"took {took:.2f} s")
-    with common.saving():
-        missing = common.save_all(jobs)
-    if missing:
-        return common.report_missing(folder, missing)
-    print(f"saved {', '.join(path for path, _ in jobs)}")
-    return 0
+    return common.save_outputs(jobs, folder)
 
 
 def main(argv=None):
@@ -620,12 +615,7 @@ def main(argv=None):
                    "runs": [{k: v for k, v in r.items() if k != "result"} for r in rows]}
         jobs = [(path, lambda p: common.save_figure(fig, p, args.show)),
                 (path[:-4] + ".json", lambda p: common.save_json(summary, p))]
-        with common.saving():
-            missing = common.save_all(jobs)
-        if missing:
-            status = common.report_missing(args.out_dir, missing)
-        else:
-            print(f"saved {path} and {path[:-4]}.json")
+        status = common.save_outputs(jobs, args.out_dir) or status
     return status
 
 

@@ -737,12 +737,7 @@ def train_models(names, args, device, precision):
             (os.path.join(out, "accuracy_vs_cost.png"), lambda path: common.save_figure(
                 plot_accuracy_vs_cost(table, f"test accuracy vs cost, {title}"), path,
                 args.show))]
-    with common.saving():
-        missing = common.save_all(jobs)
-    if missing:
-        return common.report_missing(out, missing)
-    print(f"saved {', '.join(path for path, _ in jobs)} and the per-model folders")
-    return status
+    return common.save_outputs(jobs, out) or status
 
 
 # ============================================================================ the slides' claims
@@ -972,12 +967,7 @@ def run_claim(name, args, device, precision):
     jobs = [(os.path.join(out, f"{name}.json"), lambda p: common.save_json(record, p)),
             (os.path.join(out, f"{name}.png"), lambda p: common.save_figure(
                 common.plot_curves(verdict["panels"], title), p, args.show))]
-    with common.saving():
-        missing = common.save_all(jobs)
-    if missing:
-        return common.report_missing(out, missing)
-    print(f"saved {jobs[0][0]} and {jobs[1][0]}")
-    return 0
+    return common.save_outputs(jobs, out)
 
 
 # ============================================================================ 3.4 ImageNet chart
@@ -1109,14 +1099,10 @@ def main(argv=None):
                 plot_compare(rows, title), path, args.show)),
             (os.path.join(out, "imagenet_top5.png"), lambda path: common.save_figure(
                 plot_imagenet(), path, args.show))]
-    with common.saving():
-        missing = common.save_all(jobs)
-    if missing:
-        return common.report_missing(out, missing)
-    print(f"\nsaved {', '.join(path for path, _ in jobs)}" +
-          (f" ({len(rows)} of {len(MODELS)} models: stopped by {common.stop_requested()})"
-           if status else ""))
-    return status
+    if status:
+        print(f"{len(rows)} of {len(MODELS)} models measured: stopped by "
+              f"{common.stop_requested()}")
+    return common.save_outputs(jobs, out) or status
 
 
 if __name__ == "__main__":

@@ -1202,6 +1202,17 @@ def save_all(jobs):
     return missing
 
 
+def save_outputs(jobs, folder):
+    """Run the save jobs with stop signals held back; print what was saved, or one line
+    naming what could not be. Returns 0 or EXIT_NOT_SAVED."""
+    with saving():
+        missing = save_all(jobs)
+    if missing:
+        return report_missing(folder, missing)
+    print(f"saved {', '.join(path for path, _ in jobs)}")
+    return 0
+
+
 def report_missing(folder, missing):
     """One line for files that could not be written; the exit code for it."""
     print(f"error: could not save {', '.join(missing)} in {folder}; free some disk space "
