@@ -125,6 +125,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.show:
         common.enable_show()
+    common.or_exit(common.check_out_dir, args.out_dir)
     out = os.path.join(args.out_dir, "01_convolution")
     check = common.Checks()
     torch.manual_seed(args.seed)

@@ -171,6 +171,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.show:
         common.enable_show()
+    common.or_exit(common.check_out_dir, args.out_dir)
     out = os.path.join(args.out_dir, "02_padding_pooling")
     check = common.Checks()
     array, source = common.image_or_exit(args)

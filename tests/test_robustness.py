@@ -198,8 +198,9 @@ def test_bad_run_names_exit_2_before_training(extra, message, tmp_path):
 def test_out_dir_that_is_a_file_exits_2_before_training(tmp_path):
     target = tmp_path / "afile"
     target.write_text("x")
-    for script in ("03_cnn_train.py", "04_case_studies.py"):
-        proc = run_script(script, *QUICK, "--out-dir", str(target))
+    for script, extra in (("01_convolution.py", ()), ("02_padding_pooling.py", ()),
+                          ("03_cnn_train.py", QUICK), ("04_case_studies.py", QUICK)):
+        proc = run_script(script, *extra, "--out-dir", str(target))
         assert proc.returncode == 2, script
         assert proc.stderr.strip().splitlines() == [
             f"error: --out-dir {target} is a file, not a folder; give a folder"]
