@@ -935,20 +935,23 @@ def run_claim(name, args, device, precision):
           f"data {partition['kind']}")
     result = {}
 
+    class Unfinished(Exception):
+        """A run was stopped (Ctrl-C, out of memory): no verdict from part of the runs."""
+
     def rows_of(runs):
         rows, result["status"] = train_runs(runs, args, device, precision, partition,
                                             os.path.join(out, name))
         result["rows"] = rows
-        if result["status"] or len(rows) < len(runs):
-            raise KeyboardInterrupt  # a run was stopped: no verdict from part of the runs
-        return rows
+        if len(rows) < len(runs) or any(r["status"] == "interrupted" for r in rows):
+            raise Unfinished
+        return rows  # a diverged run is an outcome the verdict reads, not a failure
 
     started = time.perf_counter()
     try:
         verdict = CLAIMS[name](rows_of, args.budget)
-    except KeyboardInterrupt:
+    except Unfinished:
         print(f"claim {name}: not all runs finished; no verdict", file=sys.stderr)
-        return result.get("status") or common.interrupted_exit_code()
+        return result["status"]
     minutes = (time.perf_counter() - started) / 60
     print_table(result["rows"])
     word = "holds" if verdict["holds"] else "does not show at this budget"
@@ -961,7 +964,7 @@ def run_claim(name, args, device, precision):
               "device": str(device), "device_name": common.device_name(device),
               "precision": precision, "minutes": round(minutes, 1),
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-              "runs": [{k: v for k, v in r.items()} for r in result["rows"]]}
+              "runs": result["rows"]}
     title = (f"{name}: {word} ({args.budget} budget, {limit or 'all'} images, "
              f"{common.epochs_text(epochs)}){tag}")
     jobs = [(os.path.join(out, f"{name}.json"), lambda p: common.save_json(record, p)),

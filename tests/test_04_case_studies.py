@@ -204,3 +204,35 @@ def test_unknown_claim_exits_2_with_the_list(capsys):
     assert exit_.value.code == 2
     for name in cs.CLAIMS:
         assert name in err
+
+
+def test_a_diverged_run_still_gives_a_claim_its_verdict(tmp_path, monkeypatch):
+    real = cs.train_runs
+
+    def one_diverged(runs, *args):
+        rows, _ = real(runs, *args)
+        rows[-1]["status"] = "diverged"
+        return rows, common.EXIT_DIVERGED
+
+    monkeypatch.setattr(cs, "train_runs", one_diverged)
+    code = cs.main(["--claim", "3x3", "--data", "synthetic", "--limit", "32", "--epochs", "1",
+                    "--no-download", "--out-dir", str(tmp_path)])
+    assert code == 0
+    record = json.loads((tmp_path / "04_case_studies" / "claims" / "3x3.json").read_text())
+    assert record["verdict"] in ("holds", "does not show at this budget")
+    assert record["runs"][-1]["status"] == "diverged"
+
+
+def test_an_interrupted_run_gives_no_verdict(tmp_path, monkeypatch, capsys):
+    real = cs.train_runs
+
+    def interrupted(runs, *args):
+        rows, _ = real(runs, *args)
+        rows[-1]["status"] = "interrupted"
+        return rows, 130
+
+    monkeypatch.setattr(cs, "train_runs", interrupted)
+    code = cs.main(["--claim", "3x3", "--data", "synthetic", "--limit", "32", "--epochs", "1",
+                    "--no-download", "--out-dir", str(tmp_path)])
+    assert code == 130 and "no verdict" in capsys.readouterr().err
+    assert not (tmp_path / "04_case_studies" / "claims" / "3x3.json").exists()
