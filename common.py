@@ -96,8 +96,7 @@ def get_device(name="auto"):
         raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
     if device.type == "mps" and not mps_ok:
         raise UsageError("--device mps: no Apple GPU is visible; use --device auto or cpu")
-    return torch.device(device.type, device.index) if device.type == "cuda" else \
-        torch.device(device.type)
+    return device if device.type == "cuda" else torch.device(device.type)  # mps:0 -> mps
 
 
 def device_or_exit(name):
@@ -1032,7 +1031,7 @@ class Progress:
             self.tty = False
         self.run_start = time.perf_counter()
         self.epoch, self.epoch_start, self.last, self.shown = None, 0.0, self.run_start, False
-        self.loss_sum, self.losses = 0.0, []
+        self.losses = []
 
     def __call__(self, epoch, batch, n_batches, loss):
         now = time.perf_counter()
@@ -1045,15 +1044,15 @@ class Progress:
         if not self.tty and batch == n_batches:
             return  # the epoch line follows at once
         self.last = now
-        losses, self.losses = torch.stack(self.losses).float(), []
-        self.loss_sum = losses.mean().item()
+        running_loss = torch.stack(self.losses).float().mean().item()  # since the last line
+        self.losses = []
         spent = now - self.epoch_start
         epoch_total = spent / batch * n_batches
         done = now - self.run_start - spent  # earlier epochs, with their validation
         per_epoch = done / epoch if epoch else epoch_total
         left = epoch_total - spent + per_epoch * (self.epochs - epoch - 1)
         text = (f"  epoch {epoch + 1}/{self.epochs}: batch {batch}/{n_batches}, loss "
-                f"{self.loss_sum:.3f}, {_clock(spent)} spent, run ~{_clock(left)} left")
+                f"{running_loss:.3f}, {_clock(spent)} spent, run ~{_clock(left)} left")
         if self.tty:
             self.stream.write("\r" + text.ljust(self.WIDTH))
             self.stream.flush()
