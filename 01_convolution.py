@@ -123,16 +123,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.show:
-        common.enable_show()
-    common.or_exit(common.check_out_dir, args.out_dir)
+    common.start(args)
     out = os.path.join(args.out_dir, "01_convolution")
     check = common.Checks()
-    torch.manual_seed(args.seed)
 
     # 3.3.1 An image is an array of numbers --------------------------------------------
     common.section("3.3.1 The image as numbers")
-    array, source = common.image_or_exit(args)
+    array, source = common.load_picture(args)
     label = source.split(",")[0]  # short form for figure titles
     print(f"image: {source}")
     print(f"as an array (H, W, C): {array.shape}, dtype {array.dtype}, "
@@ -250,4 +247,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.launch(main)

@@ -14,7 +14,6 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import common
 
@@ -22,17 +21,6 @@ import common
 def conv_output_size(w, k, p=0, s=1):
     """Output width of a convolution or pooling: floor((w - k + 2p) / s) + 1."""
     return (w - k + 2 * p) // s + 1
-
-
-def receptive_field(layers):
-    """Receptive field (in input pixels) of one output pixel after a stack of
-    (kernel, stride) layers: each layer adds (k - 1) times the product of the earlier
-    strides (the 'jump' between neighbouring pixels of its input)."""
-    field, jump = 1, 1
-    for k, s in layers:
-        field += (k - 1) * jump
-        jump *= s
-    return field
 
 
 def receptive_field_by_gradient(layers, size=64):
@@ -54,14 +42,6 @@ def receptive_field_by_gradient(layers, size=64):
     return int(cols.max() - cols.min() + 1)
 
 
-def count_flops(module, x):
-    """Multiply-adds of one forward pass, from torch's FLOP counter (which counts
-    2 FLOPs per multiply-add)."""
-    with FlopCounterMode(display=False) as counter:
-        module(x)
-    return counter.get_total_flops() // 2
-
-
 def vgg_rule(c=64, size=32):
     """One 5x5 conv against two 3x3 convs (C -> C, no bias): weights and multiply-adds."""
     x = torch.zeros(1, c, size, size)
@@ -75,8 +55,8 @@ def vgg_rule(c=64, size=32):
             "weights_formula": sum(c * c * k * k for k in k_terms),     # c_in * c_out * k * k
             "weights": sum(p.numel() for p in net.parameters()),
             "macs_formula": sum(c * size * size * c * k * k for k in k_terms),  # c_out*h*w*c_in*k*k
-            "macs": count_flops(net, x),
-            "receptive_field": receptive_field([(k, 1) for k in k_terms]),
+            "macs": common.count_macs(net, x),
+            "receptive_field": common.receptive_field([(k, 1) for k in k_terms]),
             "nonlinearities": len(k_terms),
         })
     return rows
@@ -93,7 +73,7 @@ def halve_and_double(c=64, size=32, stages=3):
                      "memory": hi * hi * ci,
                      "params": sum(p.numel() for p in conv.parameters()),
                      "macs_formula": ci * hi * hi * ci * 9,
-                     "macs": count_flops(conv, torch.zeros(1, ci, hi, hi))})
+                     "macs": common.count_macs(conv, torch.zeros(1, ci, hi, hi))})
     return rows
 
 
@@ -169,16 +149,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.show:
-        common.enable_show()
-    common.or_exit(common.check_out_dir, args.out_dir)
+    common.start(args)
     out = os.path.join(args.out_dir, "02_padding_pooling")
     check = common.Checks()
-    array, source = common.image_or_exit(args)
+    array, source = common.load_picture(args)
     label = source.split(",")[0]  # short form for figure titles
     img = common.to_tensor(array)
     print(f"image: {source}, tensor {tuple(img.shape)}")
-    torch.manual_seed(args.seed)
 
     # 3.3.3 Padding and stride ---------------------------------------------------------
     common.section("3.3.3 Padding, stride and the output-size formula")
@@ -241,7 +218,7 @@ def main(argv=None):
               "one 5x5": [(5, 1)], "3x3, 2x2 stride-2 pool, 3x3": [(3, 1), (2, 2), (3, 1)],
               "the lecture's CNN (6 convs, 3 pools)": [(3, 1), (3, 1), (2, 2)] * 3}
     for name, layers in stacks.items():
-        rf, measured = receptive_field(layers), receptive_field_by_gradient(layers)
+        rf, measured = common.receptive_field(layers), receptive_field_by_gradient(layers)
         print(f"  {name:38s}: {rf:2d}x{rf:<2d} (gradient of one output pixel: {measured})")
         check(f"{name}: formula == gradient", rf == measured)
     print("  two stacked 3x3 convs see 5x5, three see 7x7; pooling multiplies what "
@@ -284,4 +261,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.launch(main)

@@ -9,11 +9,8 @@
 Everything a run makes goes to a new folder runs/<exp-name>/ (see README).
 """
 import argparse
-import contextlib
 import functools
-import math
 import os
-import sys
 import time
 
 import torch
@@ -23,26 +20,23 @@ import torch.nn.functional as F
 import common
 
 
-ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
-
-
 # 3.3.5 conv -> ReLU -> conv -> ReLU -> pool, three times, then one fully connected layer
 class CNN(nn.Module):
     """The lecture's ConvNet for 32x32 CIFAR-10 images (82,330 parameters).
 
     Three stages of two 3x3 'same' convolutions and a 2x2 max pool; each pool halves the
     map and the next stage doubles the channels (16, 32, 64), as VGG does. act is the
-    non-linearity after every conv (the notebook's args.act): relu, tanh or sigmoid.
-    init 'auto' matches it: He for ReLU, Glorot (Xavier) for tanh and sigmoid.
+    non-linearity after every conv (the notebook's args.act). init 'auto' matches it: He
+    et al. 2015 for ReLU, Glorot and Bengio 2010 for tanh and sigmoid.
     """
-
+    ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
     # the convs and pools in the order forward() applies them
     LAYER_ORDER = ("conv1_1", "conv1_2", "pool", "conv2_1", "conv2_2", "pool",
                    "conv3_1", "conv3_2", "pool")
 
     def __init__(self, num_classes=10, init="auto", act="relu"):
         super().__init__()
-        self.act = ACTIVATIONS[act]  # a function, not a layer: the layer list is the lecture's
+        self.act = self.ACTIVATIONS[act]  # a function, not a layer: the layer list is the lecture's
         self.conv1_1 = nn.Conv2d(3, 16, 3, padding=1)
         self.conv1_2 = nn.Conv2d(16, 16, 3, padding=1)
         self.conv2_1 = nn.Conv2d(16, 32, 3, padding=1)
@@ -52,18 +46,13 @@ class CNN(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(4 * 4 * 64, num_classes)
         if init == "auto":
-            self.init_for(act)
-
-    def init_for(self, act):
-        """He et al. 2015 for ReLU, weights ~ N(0, 2 / fan_in); Glorot and Bengio 2010 for
-        tanh and sigmoid, U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out))."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                if act == "relu":
-                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                else:
-                    nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(act))
-                nn.init.zeros_(m.bias)
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    if act == "relu":  # N(0, 2 / fan_in)
+                        nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    else:  # U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))
+                        nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(act))
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x):                            # (B, 3, 32, 32)
         x = self.act(self.conv1_1(x))                # (B, 16, 32, 32)
@@ -76,6 +65,33 @@ class CNN(nn.Module):
         return self.fc(x)                            # (B, 10)
 
 
+# 3.3.5 The lecture's flow: data, model, train with validation, test once, save the curves
+def main(argv=None):
+    args = parse_args(argv)
+    device, precision = common.start(args, None if args.benchmark else [args.exp_name])
+    saved = common.or_exit(load_model_file, args.from_model) if args.from_model else None
+    partition = common.load_data(args)
+    if args.benchmark:
+        return benchmark(args, partition, device, precision)
+    if args.from_model:
+        return figures_from_model(args, partition, device, precision, saved)
+    print(f"device: {device} ({common.device_name(device)}), precision {precision}, data: "
+          f"{partition['kind']} (train {len(partition['train'][1])}, val "
+          f"{len(partition['val'][1])}, test {len(partition['test'][1])})")
+    runs = [{"name": name, "settings": settings, "batch_option": "--train-batch-size",
+             "build": functools.partial(CNN, len(partition["classes"]), args.init,
+                                        settings["act"]),
+             "jobs": functools.partial(cnn_figures, partition=partition, args=args),
+             "row": {"value": value}}
+            for name, value, settings in sweep_plan(args, precision)]
+    rows, status = common.train_runs(runs, partition, device, args.out_dir, args.show)
+    if args.sweep and rows:
+        status = compare_sweep(rows, args, partition, device, precision) or status
+    return status
+
+
+# ----------------------------------------------------------------------------- settings, sweeps
+
 # The lecture's own settings; the defaults below differ because the lecture's plain SGD
 # at lr=1e-3 only learned through its gradient-accumulation bug (see README).
 LECTURE_SETTINGS = dict(optim=["SGD"], lr=[1e-3], momentum=0.0, l2=[1e-5], schedule="none",
@@ -83,222 +99,57 @@ LECTURE_SETTINGS = dict(optim=["SGD"], lr=[1e-3], momentum=0.0, l2=[1e-5], sched
                         init="pytorch", exp_name="cnn_lecture")
 # the options of which one may take several values: one run per value, then a comparison
 SWEEPABLE = ("lr", "act", "optim", "l2")
+SETTING_KEYS = ("momentum", "schedule", "label_smoothing", "clip_grad", "init", "epochs",
+                "train_batch_size", "test_batch_size", "augment", "seed", "data", "limit",
+                "deterministic")
 
 
-def activation(text):
-    """'relu' or 'relu=0.05' -> ('relu', None) or ('relu', 0.05)."""
-    name, _, lr = text.partition("=")
-    if name not in ACTIVATIONS:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(ACTIVATIONS)}, got {name!r}")
-    return name, common.positive_float(lr) if lr else None
-
-
-def build_parser():
-    p = argparse.ArgumentParser(
-        description="Train the lecture's CNN (3.3.5) on CIFAR-10 and save curves, results "
-                    "and figures in a new folder OUT_DIR/EXP_NAME. One of --lr, --act, "
-                    "--optim, --l2 may take several values: one run per value, all from "
-                    "the same seed and data order, then a figure and a table compare them.",
-        formatter_class=common.HelpFormatter)
-    p.add_argument("--optim", choices=("SGD", "RMSprop", "Adam"), nargs="+", default=["SGD"],
-                   help="optimizer (SGD uses Nesterov momentum when --momentum > 0)")
-    p.add_argument("--momentum", type=common.non_negative_float, default=0.9,
-                   help="momentum for SGD and RMSprop")
-    p.add_argument("--lr", type=common.positive_float, nargs="+", default=[0.05],
-                   help="learning rate (peak rate of the schedule)")
-    p.add_argument("--act", type=activation, nargs="+", default=["relu"],
-                   metavar="ACT[=LR]",
-                   help=f"activation after every conv (the notebook's args.act): "
-                        f"{', '.join(ACTIVATIONS)}; ACT=LR gives that run its own learning "
-                        f"rate (e.g. --act relu=0.05 tanh=0.02)")
-    p.add_argument("--l2", type=common.non_negative_float, nargs="+", default=[5e-4],
-                   help="L2 penalty (weight decay)")
-    p.add_argument("--schedule", choices=("onecycle", "cosine", "none"), default="onecycle",
-                   help="learning-rate schedule: onecycle warms up for 20%% of the steps "
-                        "then falls linearly to 0; cosine decays to 0; none keeps --lr")
-    p.add_argument("--label-smoothing", type=common.fraction, default=0.0,
-                   help="cross-entropy label smoothing, 0 to 1")
-    p.add_argument("--clip-grad", type=common.non_negative_float, default=5.0,
-                   help="clip the gradient norm to this value before each step (guards "
-                        "the peak of the schedule against rare spikes); 0 turns it off")
-    p.add_argument("--init", choices=("auto", "pytorch"), default="auto",
-                   help="weight initialisation: auto matches --act (He et al. 2015 for "
-                        "relu, Glorot/Xavier 2010 for tanh and sigmoid); pytorch is the "
-                        "library's default, which the lecture used")
-    p.add_argument("--epochs", type=common.positive_int, default=40, help="training epochs")
-    p.add_argument("--train-batch-size", type=common.positive_int, default=128,
-                   help="images per training step")
-    p.add_argument("--test-batch-size", type=common.positive_int, default=500,
-                   help="batch size for val and test (speed only; the lecture used 32)")
-    common.add_augment_amp_args(p)
-    p.add_argument("--lecture", action="store_true",
-                   help="start from the lecture's settings (SGD, lr 1e-3, no momentum, l2 "
-                        "1e-5, no schedule, no augmentation, no clipping, PyTorch's default "
-                        "init, test batch 32, exp-name cnn_lecture); an option you also give "
-                        "explicitly wins. With the gradient bug fixed they stay at chance "
-                        "(10%%) for the first epochs")
-    common.add_device_args(p)
-    common.add_data_args(p)
-    out = common.add_output_args(p, default_name="cnn")
-    out.add_argument("--save-model", action="store_true",
-                     help="also save model.pt (state_dict and settings)")
-    out.add_argument("--from-model", metavar="MODEL_PT", default=None,
-                     help="no training: load a model.pt saved with --save-model (on any "
-                          "machine) and make features.png and top_patches.png from it")
-    p.add_argument("--benchmark", action="store_true",
-                   help="time one epoch (train + val) through this project's data path and "
-                        "through the notebook's (PIL transforms, DataLoader rebuilt), print "
-                        "both and their ratio, then exit")
-    return p
-
-
-def explicit_options(parser, argv):
-    """The dest names of the options given on the command line (defaults left out)."""
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
-
-
-def parse_args(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.lecture:
-        given = explicit_options(build_parser(), argv)
-        for key, value in LECTURE_SETTINGS.items():
-            if key in given:
-                print(f"--lecture: your --{key.replace('_', '-')} replaces the lecture's "
-                      f"{' '.join(map(str, value)) if isinstance(value, list) else value}")
-            else:
-                setattr(args, key, value)
-    pairs = [a if isinstance(a, tuple) else (a, None) for a in args.act]  # default: names
-    args.act_lr = {name: lr for name, lr in pairs if lr}
-    args.act = [name for name, _ in pairs]
-    if args.act_lr and len(args.lr) > 1:
-        parser.error("give each activation's lr either with --act NAME=LR or with --lr, "
-                     "not both")
-    swept = [k for k in SWEEPABLE if len(getattr(args, k)) > 1]
-    if len(swept) > 1:
-        parser.error(f"only one option may take several values; got several for "
-                     f"{', '.join('--' + k for k in swept)}: run one sweep at a time")
-    for key in SWEEPABLE:
-        values = getattr(args, key)
-        if len(set(values)) != len(values):
-            parser.error(f"--{key}: the values must differ")
-    args.sweep = swept[0] if swept else None
-    return args
-
-
-def run_plan(args):
-    """[(run name, {option: value})], one entry per run of the sweep (or the one run)."""
-    if args.sweep is None:
-        return [(args.exp_name, {})]
+def sweep_plan(args, precision):
+    """[(run name, swept value or None, settings)]: one entry per run of the sweep."""
+    values = getattr(args, args.sweep) if args.sweep else [None]
     plan = []
-    for value in getattr(args, args.sweep):
-        text = f"{value:g}" if isinstance(value, float) else str(value)
-        name = f"{args.exp_name}_{args.sweep}{text}" if isinstance(value, float) \
-            else f"{args.exp_name}_{text}"
-        plan.append((name, {args.sweep: value}))
+    for value in values:
+        settings = {k: getattr(args, k) for k in SETTING_KEYS}
+        settings.update({k: getattr(args, k)[0] for k in SWEEPABLE}, model="CNN",
+                        precision=precision)
+        name = args.exp_name
+        if args.sweep:
+            settings[args.sweep] = value
+            name += f"_{args.sweep}{value:g}" if isinstance(value, float) else f"_{value}"
+        settings["lr"] = args.act_lr.get(settings["act"], settings["lr"])
+        plan.append((name, value, settings))
     return plan
 
 
-def run_settings(args, precision, **value):
-    keys = ("momentum", "schedule", "label_smoothing", "clip_grad", "init", "epochs",
-            "train_batch_size", "test_batch_size", "augment", "seed", "data", "limit",
-            "deterministic")
-    settings = {k: getattr(args, k) for k in keys}
-    settings.update({k: getattr(args, k)[0] for k in SWEEPABLE})
-    settings.update(value, model="CNN", precision=precision)
-    settings["lr"] = args.act_lr.get(settings["act"], settings["lr"])
-    return settings
-
-
-def save_run(folder, net, settings, result, partition, device, loaders, args):
-    """Every output of one run, result.json first; returns the files that failed."""
-    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
-    name = os.path.basename(folder)
-    classes = partition["classes"]
-    per_class = None
-    if result["test_confusion"] is not None:
-        matrix = torch.tensor(result["test_confusion"])
-        totals = matrix.sum(1).clamp(min=1)
-        per_class = {c: round(100.0 * matrix[i, i].item() / totals[i].item(), 2)
-                     for i, c in enumerate(classes)}
-        print("per-class test accuracy: " +
-              ", ".join(f"{c} {a:.1f}%" for c, a in per_class.items()))
-    record = common.run_record(settings, result, device, partition["kind"],
-                               per_class_test_acc=per_class)
-    join = functools.partial(os.path.join, folder)
-    jobs = [(join("result.json"), functools.partial(common.save_json, record)),
-            (join("loss.png"), lambda path: common.save_figure(
-                common.plot_loss_variation(result, f"{name}: loss{tag}"), path, args.show)),
-            (join("accuracy.png"), lambda path: common.save_figure(
-                common.plot_acc_variation(result, f"{name}: accuracy{tag}"), path,
-                args.show))]
-    if result["test_confusion"] is not None:
-        jobs.append((join("confusion.png"), lambda path: common.save_figure(
-            common.plot_confusion(result["test_confusion"], classes,
-                                  f"{name}: confusion matrix (test){tag}"), path, args.show)))
-    jobs.append((join("filters.png"), lambda path: common.save_figure(
-        plot_filters(net.conv1_1.weight, f"{name}: conv1_1 filters{tag}"), path, args.show)))
-    if result["train_losses"] and all(torch.isfinite(p).all() for p in net.parameters()):
-        took, figures = layer_figures(net, partition, loaders, settings, folder, tag,
-                                      args.show)
-        secs = result["epoch_seconds"]
-        print(f"what each layer sees: one pass over the val set with hooks took {took:.2f} s "
-              f"({100 * took / (sum(secs) / len(secs)):.1f}% of a training epoch)")
-        jobs += figures
-    if args.save_model:
-        state = {k: v.cpu() for k, v in net.state_dict().items()}  # loads on any machine
-        jobs.append((join("model.pt"), functools.partial(
-            common.save_torch, {"state_dict": state, "settings": settings})))
-    return common.save_all(jobs)
-
-
-def plot_filters(weight, title=""):
-    """The 16 learned 3x3x3 filters of the first layer, each scaled to [0, 1] as RGB."""
-    w = weight.detach().float().cpu()
-    fig, axes = common.plt.subplots(2, 8, figsize=(8, 2.4))
-    if not torch.isfinite(w).all():
-        for ax in axes.flat:
-            ax.axis("off")
-        fig.text(0.5, 0.45, "the weights are NaN or infinite: the run diverged",
-                 ha="center", va="center")
-    else:
-        lo = w.amin(dim=(1, 2, 3), keepdim=True)
-        hi = w.amax(dim=(1, 2, 3), keepdim=True)
-        w = (w - lo) / (hi - lo).clamp(min=1e-8)
-        for ax, f in zip(axes.flat, w):
-            ax.imshow(f.permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.axis("off")
-    fig.suptitle(f"{title} (each scaled to its own min..max)")
-    return fig
-
-
-def new_model(partition, device, init="auto", act="relu"):
-    return common.to_device(CNN(len(partition["classes"]), init, act), device)
-
-
-def epochs_to(errors, level=25.0):
-    """How many epochs it took the training error to fall below level % (the log's
-    'Epoch 0' is the first), or None."""
-    return next((i + 1 for i, e in enumerate(errors) if e < level), None)
-
-
-def summarize(rows, option):
-    """The sweep's table: one row per value."""
-    print(f"\n{option:>8s} {'lr':>7s} {'best val':>9s} {'test acc':>9s} {'s/epoch':>8s} "
-          f"{'last train error':>17s} {'epochs to train error < 25%':>29s}  status")
-
-    def fmt(v, spec=".2f"):
-        return "-" if v is None else format(v, spec)
-
+def compare_sweep(rows, args, partition, device, precision):
+    """The sweep's table, figure and summary JSON (and AlexNet's claim for relu vs tanh)."""
     for r in rows:
         errors = [100 - a for a in r["result"]["train_accs"]]
-        print(f"{str(r['value']):>8s} {r['lr']:>7g} {fmt(r['val_acc']):>9s} "
-              f"{fmt(r['test_acc']):>9s} {fmt(r['seconds_per_epoch']):>8s} "
-              f"{fmt(errors[-1] if errors else None):>17s} "
-              f"{fmt(r['epochs_to_25'], 'd') if r['epochs_to_25'] else 'not reached':>29s}"
-              f"  {r['status']}")
+        r.update(value=str(r["value"]), last_train_error=errors[-1] if errors else None,
+                 epochs_to_25=common.first_epoch(errors, lambda e: e < 25.0))
+    common.print_table(rows, [(args.sweep, "value", "s"), ("lr", "lr", "g"),
+                              ("best val", "val_acc", ".2f"), ("test acc", "test_acc", ".2f"),
+                              ("s/epoch", "seconds_per_epoch", ".2f"),
+                              ("last train error", "last_train_error", ".2f"),
+                              ("epochs to train error < 25%", "epochs_to_25", "d"),
+                              ("status", "status", "s")])
+    claim = relu_claim(rows) if args.sweep == "act" else []
+    for line in claim:
+        print(line)
+    tag = common.data_tag(partition["kind"])
+    label = {r["model"]: f"{args.sweep}={r['value']}" for r in rows}
+    fig = common.plot_curves(
+        [("training error (%)", {label[r["model"]]: [100 - a for a in r["result"]["train_accs"]]
+                                 for r in rows}),
+         ("val accuracy (%)", {label[r["model"]]: r["result"]["val_accs"] for r in rows})],
+        f"{args.exp_name}: one run per {args.sweep}, {common.epochs_text(args.epochs)}{tag}")
+    path = common.reserve(os.path.join(args.out_dir, f"{args.exp_name}_{args.sweep}.png"))
+    summary = {"option": args.sweep, "claim": claim, **common.environment(device, precision),
+               "runs": [{k: v for k, v in r.items() if k not in ("result", "settings")}
+                        for r in rows]}
+    return common.save([(path, lambda p: common.save_figure(fig, p, args.show)),
+                        (path[:-4] + ".json", lambda p: common.save_json(summary, p))],
+                       args.out_dir)
 
 
 def relu_claim(rows):
@@ -329,20 +180,66 @@ def relu_claim(rows):
 
 # ----------------------------------------------------------------------------- 3.3.5 what each layer sees
 # The slide (after Zeiler and Fergus 2014): shallow layers respond to lines and colours,
-# deep layers to larger, more complex parts. Two figures show it for the trained CNN.
+# deep layers to larger, more complex parts. Three figures show it for the trained CNN.
 
 SEEN_LAYERS = ("conv1_2", "conv2_2", "conv3_2")  # the last conv of each stage
 
 
+def cnn_figures(net, settings, result, folder, loaders, partition, args):
+    """A run's own figures as save jobs: filters.png, what each layer sees, model.pt."""
+    tag, name = common.data_tag(partition["kind"]), os.path.basename(folder)
+    jobs = [(os.path.join(folder, "filters.png"), lambda path: common.save_figure(
+        plot_filters(net.conv1_1.weight, f"{name}: conv1_1 filters{tag}"), path, args.show))]
+    if result["train_losses"] and all(torch.isfinite(p).all() for p in net.parameters()):
+        took, figures = layer_figures(net, partition, loaders, settings["precision"], folder,
+                                      args.show)
+        secs = result["epoch_seconds"]
+        print(f"what each layer sees: one pass over the val set with hooks took {took:.2f} s "
+              f"({100 * took / (sum(secs) / len(secs)):.1f}% of a training epoch)")
+        jobs += figures
+    if args.save_model:
+        state = {k: v.cpu() for k, v in net.state_dict().items()}  # loads on any machine
+        jobs.append((os.path.join(folder, "model.pt"), functools.partial(
+            common.save_torch, {"state_dict": state, "settings": settings})))
+    return jobs
+
+
+def plot_filters(weight, title=""):
+    """The 16 learned 3x3x3 filters of the first layer on one shared scale: the RGB
+    filter (grey = 0), then its red, green and blue weights (blue < 0 < red)."""
+    w = weight.detach().float().cpu()                                  # (16, 3, 3, 3)
+    fig, axes = common.plt.subplots(4, 16, figsize=(13, 3.8))
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not torch.isfinite(w).all():
+        fig.text(0.5, 0.45, "the weights are NaN or infinite: the run diverged",
+                 ha="center", va="center")
+        fig.suptitle(title)
+        return fig
+    top = w.abs().max().item() or 1.0
+    rgb = (0.5 + 0.5 * w / top).clamp(0, 1)                           # one scale for all
+    for col in range(16):
+        axes[0, col].imshow(rgb[col].permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes[0, col].set_title(str(col), fontsize=8)
+        for c in range(3):
+            im = axes[c + 1, col].imshow(w[col, c].numpy(), cmap="bwr", vmin=-top, vmax=top,
+                                         interpolation="nearest")
+    for row, text in enumerate(("RGB", "red", "green", "blue")):
+        axes[row, 0].set_ylabel(text, fontsize=8)
+    fig.colorbar(im, ax=axes[1:].ravel().tolist(), fraction=0.015, pad=0.01, label="weight")
+    fig.suptitle(f"{title}\neach column one filter; edges show as a red/blue split, colour "
+                 f"detectors as one channel unlike the others", fontsize=9)
+    return fig
+
+
 def layer_geometry(net, upto):
-    """(kernel, stride, padding) of every conv and pool from the input up to `upto`, in
-    the order forward() applies them."""
+    """(kernel, stride, padding) of every conv and pool from the input up to `upto`."""
     layers = []
     for name in CNN.LAYER_ORDER:
         m = getattr(net, name)
-        k, s, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride,
-                                                              m.padding))
-        layers.append((k, s, p))
+        layers.append(tuple(v if isinstance(v, int) else v[0]
+                            for v in (m.kernel_size, m.stride, m.padding)))
         if name == upto:
             return layers
     raise ValueError(f"{upto} is not in {CNN.LAYER_ORDER}")
@@ -350,9 +247,9 @@ def layer_geometry(net, upto):
 
 def receptive_box(layers, i, j, size=None):
     """The input rows (top, bottom) and columns (left, right), inclusive, that output unit
-    (i, j) after `layers` depends on: walking back, an output span [a, b] of a layer
-    with kernel k, stride s and padding p reads the input span [a*s - p, b*s - p + k - 1].
-    Clipped to a size x size image when size is given."""
+    (i, j) after `layers` depends on: an output span [a, b] of a layer with kernel k,
+    stride s and padding p reads the input span [a*s - p, b*s - p + k - 1]. Clipped to a
+    size x size image when size is given."""
     top, bottom, left, right = i, i, j, j
     for k, s, p in reversed(layers):
         top, bottom = top * s - p, bottom * s - p + k - 1
@@ -363,11 +260,6 @@ def receptive_box(layers, i, j, size=None):
     return top, bottom, left, right
 
 
-def receptive_field(layers):
-    top, bottom, _, _ = receptive_box(layers, 0, 0)
-    return bottom - top + 1
-
-
 @torch.no_grad()
 def stage_maps(net, image, amp_dtype=None):
     """The maps after each of the three conv-conv-pool stages for one normalised image."""
@@ -376,8 +268,7 @@ def stage_maps(net, image, amp_dtype=None):
     net.eval()
     device = next(net.parameters()).device
     try:
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
-                else contextlib.nullcontext():
+        with common.autocast(device, amp_dtype):
             net(image.unsqueeze(0).to(device))
     finally:
         hook.remove()
@@ -404,8 +295,7 @@ def strongest_responses(net, loader, layers=SEEN_LAYERS, units=8, top=9, amp_dty
     device = next(net.parameters()).device
     try:
         for inputs, _ in loader:
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
-                    else contextlib.nullcontext():
+            with common.autocast(device, amp_dtype):
                 net(inputs.to(device))
     finally:
         for h in hooks:
@@ -435,7 +325,7 @@ def crop_field(image, box, field, fill=128):
 def mosaic(tiles, per_row=3, gap=1, fill=255):
     """Tiles (3, f, f) laid out per_row to a row with a white gap, as (H, W, 3) uint8."""
     f = tiles[0].shape[-1]
-    rows = math.ceil(len(tiles) / per_row)
+    rows = -(-len(tiles) // per_row)
     out = torch.full((3, rows * (f + gap) - gap, per_row * (f + gap) - gap), fill,
                      dtype=torch.uint8)
     for n, tile in enumerate(tiles):
@@ -450,7 +340,7 @@ def plot_top_patches(net, responses, images, title=""):
     fig, axes = common.plt.subplots(len(responses), 8, figsize=(13, 5.4), squeeze=False)
     for row, (name, units) in enumerate(responses.items()):
         layers = layer_geometry(net, name)
-        field = receptive_field(layers)
+        field = common.receptive_field(layers)
         for col in range(8):
             ax = axes[row, col]
             ax.axis("off")
@@ -464,7 +354,7 @@ def plot_top_patches(net, responses, images, title=""):
         axes[row, 0].text(-0.15, 0.5, f"{name}\n{field}x{field} px", fontsize=9,
                           ha="right", va="center", transform=axes[row, 0].transAxes)
     fig.suptitle(f"{title}\nthe 9 val images that excite each unit most, cropped to its "
-                 f"receptive field", fontsize=10)
+                 f"receptive field (grey: outside the image)", fontsize=10)
     return fig
 
 
@@ -488,10 +378,10 @@ def plot_features(image, maps, title=""):
     return fig
 
 
-def layer_figures(net, partition, loaders, settings, folder, tag, show):
+def layer_figures(net, partition, loaders, precision, folder, show):
     """features.png and top_patches.png as save jobs; the hook pass is timed here."""
-    dtype = common.AMP_DTYPES[settings.get("precision", "fp32")]
-    name = os.path.basename(folder)
+    dtype = common.AMP_DTYPES[precision]
+    name, tag = os.path.basename(folder), common.data_tag(partition["kind"])
     x_test = partition["test"][0][0]
     maps = stage_maps(net, common.normalize(x_test.unsqueeze(0))[0], dtype)
     common.synchronize(loaders["val"].device)
@@ -523,100 +413,16 @@ def load_model_file(path):
 
 def figures_from_model(args, partition, device, precision, saved):
     """features.png and top_patches.png of a saved model, in a new run folder."""
-    settings = dict(saved["settings"], precision=precision)
-    net = new_model(partition, device, "pytorch", settings["act"])
+    net = common.to_device(CNN(len(partition["classes"]), "pytorch", saved["settings"]["act"]),
+                           device)
     net.load_state_dict(saved["state_dict"])
     loaders = common.make_loaders(partition, device, args.train_batch_size,
                                   args.test_batch_size)
-    folder = common.claim_run_dir(args.out_dir, args.exp_name)
-    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
-    took, jobs = layer_figures(net, partition, loaders, settings, folder, tag, args.show)
+    folder = common.reserve(os.path.join(args.out_dir, args.exp_name), folder=True)
+    took, jobs = layer_figures(net, partition, loaders, precision, folder, args.show)
     print(f"what each layer sees ({args.from_model}): one pass over the val set with hooks "
           f"took {took:.2f} s")
-    return common.save_outputs(jobs, folder)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    if args.show:
-        common.enable_show()
-    if args.deterministic:
-        common.set_deterministic()
-    device = common.device_or_exit(args.device)
-    plan = run_plan(args)
-    saved = common.or_exit(load_model_file, args.from_model) if args.from_model else None
-    if not args.benchmark:
-        common.or_exit(common.check_out_dir, args.out_dir, [args.exp_name])
-    partition = common.data_or_exit(args)
-    precision = common.choose_precision(device, args.amp)
-    common.set_seed(args.seed)
-    if args.benchmark:
-        return benchmark(args, partition, device, precision)
-    if args.from_model:
-        return figures_from_model(args, partition, device, precision, saved)
-    print(f"device: {device} ({common.device_name(device)}), precision {precision}, data: "
-          f"{partition['kind']} (train {len(partition['train'][1])}, val "
-          f"{len(partition['val'][1])}, test {len(partition['test'][1])})")
-
-    rows, status = [], 0
-    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
-    for name, value in plan:
-        settings = run_settings(args, precision, **value)
-        folder = common.claim_run_dir(args.out_dir, name)
-        print(f"== {os.path.basename(folder)}: {settings['optim']} lr={settings['lr']:g} "
-              f"act={settings['act']} l2={settings['l2']:g} "
-              f"{common.epochs_text(args.epochs)} -> {folder}")
-        common.set_seed(args.seed)  # every run starts from the same weights and data order
-        net = new_model(partition, device, args.init, settings["act"])
-        loaders = common.make_loaders(partition, device, args.train_batch_size,
-                                      args.test_batch_size, args.augment, args.seed)
-        fitted = common.fit(net, loaders, settings, device, folder, "--train-batch-size")
-        if fitted is None:  # out of memory, said in one line
-            return 1
-        settings, result = fitted
-        with common.saving():
-            missing = save_run(folder, net, settings, result, partition, device, loaders,
-                               args)
-        accs = ", ".join(f"{k} acc {result[k + '_acc']:.2f}%" for k in ("val", "test")
-                         if result[k + "_acc"] is not None)
-        if missing:
-            status = common.report_missing(folder, missing)
-        else:
-            print(f"{os.path.basename(folder)}: {result['status']}"
-                  f"{', ' + accs if accs else ''}; saved in {folder}")
-        secs = result["epoch_seconds"]
-        rows.append({"value": next(iter(value.values()), None), "name": name,
-                     "lr": settings["lr"],
-                     "val_acc": result["val_acc"], "test_acc": result["test_acc"],
-                     "seconds_per_epoch": sum(secs) / len(secs) if secs else None,
-                     "epochs_to_25": epochs_to([100 - a for a in result["train_accs"]]),
-                     "status": result["status"], "result": result})
-        if result["status"] == "interrupted" or common.stop_requested():
-            status = common.interrupted_exit_code()
-            print(f"stopped by {common.stop_requested()}; the finished epochs are saved",
-                  file=sys.stderr)
-            break
-        if result["status"] == "diverged":
-            status = status or common.EXIT_DIVERGED
-    if args.sweep:
-        summarize(rows, args.sweep)
-        claim = relu_claim(rows) if args.sweep == "act" else []
-        for line in claim:
-            print(line)
-        label = {r["name"]: f"{args.sweep}={r['value']}" for r in rows}
-        fig = common.plot_curves(
-            [("training error (%)", {label[r["name"]]: [100 - a for a in r["result"]["train_accs"]]
-                                     for r in rows}),
-             ("val accuracy (%)", {label[r["name"]]: r["result"]["val_accs"] for r in rows})],
-            f"{args.exp_name}: one run per {args.sweep}, {common.epochs_text(args.epochs)}{tag}")
-        path = common.claim_path(os.path.join(args.out_dir, f"{args.exp_name}_{args.sweep}.png"))
-        summary = {"option": args.sweep, "claim": claim, "date": time.strftime("%Y-%m-%d"),
-                   "device_name": common.device_name(device), "precision": precision,
-                   "runs": [{k: v for k, v in r.items() if k != "result"} for r in rows]}
-        jobs = [(path, lambda p: common.save_figure(fig, p, args.show)),
-                (path[:-4] + ".json", lambda p: common.save_json(summary, p))]
-        status = common.save_outputs(jobs, args.out_dir) or status
-    return status
+    return common.save(jobs, folder)
 
 
 # ----------------------------------------------------------------------------- benchmark
@@ -654,10 +460,11 @@ def timed_epoch(net, loaders, args, device, precision):
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr[0], momentum=args.momentum,
                                 weight_decay=args.l2[0], nesterov=args.momentum > 0)
     dtype = common.AMP_DTYPES[precision]
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
     common.synchronize(device)
     start = time.perf_counter()
     common.train(net, loaders["train"], optimizer, criterion, device, amp_dtype=dtype,
-                 scaler=common.make_scaler(device, precision))
+                 scaler=scaler)
     common.validate(net, loaders["val"], criterion, device, amp_dtype=dtype)
     common.synchronize(device)
     return time.perf_counter() - start
@@ -688,7 +495,7 @@ def benchmark(args, partition, device, precision):
 
     def fresh(layout=True):
         common.set_seed(args.seed)
-        net = new_model(partition, device, args.init, args.act[0])
+        net = common.to_device(CNN(len(partition["classes"]), args.init, args.act[0]), device)
         return net if layout else net.to(memory_format=torch.contiguous_format)
 
     def ours(part):
@@ -714,5 +521,106 @@ def benchmark(args, partition, device, precision):
     return 0
 
 
+# ----------------------------------------------------------------------------- command line
+
+def activation(text):
+    """'relu' or 'relu=0.05' -> ('relu', None) or ('relu', 0.05)."""
+    name, _, lr = text.partition("=")
+    if name not in CNN.ACTIVATIONS:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(CNN.ACTIVATIONS)}, got {name!r}")
+    return name, common.positive_float(lr) if lr else None
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Train the lecture's CNN (3.3.5) on CIFAR-10 and save curves, results "
+                    "and figures in a new folder OUT_DIR/EXP_NAME. One of --lr, --act, "
+                    "--optim, --l2 may take several values: one run per value, all from "
+                    "the same seed and data order, then a figure and a table compare them. "
+                    "Epochs count from 1.",
+        formatter_class=common.HelpFormatter)
+    p.add_argument("--optim", choices=("SGD", "RMSprop", "Adam"), nargs="+", default=["SGD"],
+                   help="optimizer (SGD uses Nesterov momentum when --momentum > 0)")
+    p.add_argument("--momentum", type=common.non_negative_float, default=0.9,
+                   help="momentum for SGD and RMSprop")
+    p.add_argument("--lr", type=common.positive_float, nargs="+", default=[0.05],
+                   help="learning rate (peak rate of the schedule)")
+    p.add_argument("--act", type=activation, nargs="+", default=["relu"],
+                   metavar="ACT[=LR]",
+                   help=f"activation after every conv (the notebook's args.act): "
+                        f"{', '.join(CNN.ACTIVATIONS)}; ACT=LR gives that run its own "
+                        f"learning rate (e.g. --act relu=0.05 tanh=0.02)")
+    p.add_argument("--l2", type=common.non_negative_float, nargs="+", default=[5e-4],
+                   help="L2 penalty (weight decay)")
+    p.add_argument("--schedule", choices=("onecycle", "cosine", "none"), default="onecycle",
+                   help="learning-rate schedule: onecycle warms up for 20%% of the steps "
+                        "then falls linearly to 0; cosine decays to 0; none keeps --lr")
+    p.add_argument("--label-smoothing", type=common.fraction, default=0.0,
+                   help="cross-entropy label smoothing, 0 (off) to 1")
+    p.add_argument("--clip-grad", type=common.non_negative_float, default=5.0,
+                   help="clip the gradient norm to this value before each step (guards "
+                        "the peak of the schedule against rare spikes); 0 turns it off")
+    p.add_argument("--init", choices=("auto", "pytorch"), default="auto",
+                   help="weight initialisation: auto matches --act (He et al. 2015 for "
+                        "relu, Glorot/Xavier 2010 for tanh and sigmoid); pytorch is the "
+                        "library's default, which the lecture used")
+    p.add_argument("--epochs", type=common.positive_int, default=40, help="training epochs")
+    p.add_argument("--train-batch-size", type=common.positive_int, default=128,
+                   help="images per training step")
+    p.add_argument("--test-batch-size", type=common.positive_int, default=500,
+                   help="batch size for val and test (speed only; the lecture used 32)")
+    common.add_training_args(p)
+    p.add_argument("--lecture", action="store_true",
+                   help="start from the lecture's settings (SGD, lr 1e-3, no momentum, l2 "
+                        "1e-5, no schedule, no augmentation, no clipping, PyTorch's default "
+                        "init, test batch 32, exp-name cnn_lecture); an option you also give "
+                        "explicitly wins. With the gradient bug fixed they stay at chance "
+                        "(about 10%% accuracy) for the first epochs: that is the expected "
+                        "result")
+    common.add_data_args(p)
+    out = common.add_output_args(p, default_name="cnn")
+    out.add_argument("--save-model", action="store_true",
+                     help="also save model.pt (state_dict and settings)")
+    out.add_argument("--from-model", metavar="MODEL_PT", default=None,
+                     help="no training: load a model.pt saved with --save-model (on any "
+                          "machine) and make features.png and top_patches.png from it")
+    p.add_argument("--benchmark", action="store_true",
+                   help="time one epoch (train + val) through this project's data path and "
+                        "through the notebook's (PIL transforms, DataLoader rebuilt), print "
+                        "both and their ratio, then exit")
+    return p
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lecture:  # the lecture's values become the defaults; explicit options still win
+        parser.set_defaults(**LECTURE_SETTINGS)
+        lecture = parser.parse_args(argv)
+        for key, value in LECTURE_SETTINGS.items():
+            if getattr(lecture, key) != value:
+                print(f"--lecture: your --{key.replace('_', '-')} replaces the lecture's "
+                      f"{' '.join(map(str, value)) if isinstance(value, list) else value}")
+        args = lecture
+        print("--lecture: expect about 10% accuracy (chance) in the first epochs: the "
+              "notebook's settings only learned through its gradient bug")
+    pairs = [a if isinstance(a, tuple) else (a, None) for a in args.act]  # default: names
+    args.act_lr = {name: lr for name, lr in pairs if lr}
+    args.act = [name for name, _ in pairs]
+    if args.act_lr and len(args.lr) > 1:
+        parser.error("give each activation's lr either with --act NAME=LR or with --lr, "
+                     "not both")
+    swept = [k for k in SWEEPABLE if len(getattr(args, k)) > 1]
+    if len(swept) > 1:
+        parser.error(f"only one option may take several values; got several for "
+                     f"{', '.join('--' + k for k in swept)}: run one sweep at a time")
+    for key in SWEEPABLE:
+        values = getattr(args, key)
+        if len(set(values)) != len(values):
+            parser.error(f"--{key}: the values must differ")
+    args.sweep = swept[0] if swept else None
+    return args
+
+
 if __name__ == "__main__":
-    common.run(main)
+    common.launch(main)

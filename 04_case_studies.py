@@ -10,7 +10,6 @@ Outputs go to runs/04_case_studies/ (see README).
 """
 import argparse
 import functools
-import math
 import os
 import re
 import sys
@@ -20,9 +19,26 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import common
+
+
+# ============================================================================ building blocks
+
+def he_init(model):
+    """He et al. 2015 initialisation, N(0, 2 / fan_in), for ReLU nets without batch norm
+    (PyTorch's default is too small for a deep ReLU stack; see README)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def conv_bn(c_in, c_out, k, stride=1):
+    """Conv -> BatchNorm -> ReLU, 'same' padding."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 # ============================================================================ 3.4.1 LeNet-5
@@ -46,17 +62,6 @@ class LeNet5(nn.Module):
         x = self.c3(x)           # (B, 16, 5, 5)
         x = self.f5(x)           # (B, 84)
         return self.out(x)       # (B, 10)
-
-
-def he_init(model):
-    """He et al. 2015 initialisation, N(0, 2 / fan_in), for ReLU nets without batch norm.
-    PyTorch's default weights are too small for a deep ReLU stack: AlexNet and VGG-11 then
-    sat at chance for 3 epochs on 2,560 images, and learned with this (see README)."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 # ============================================================================ 3.4.2 AlexNet
@@ -129,43 +134,7 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))   # (B, 10)
 
 
-class SmallVGG(nn.Module):
-    """The VGG rule in one net (Simonyan and Zisserman 2015, section 2.3): a 3x3 stem to C
-    channels, then three stages whose C -> C body is either two 3x3 convs (18 C^2 weights,
-    two ReLUs) or one 5x5 conv (25 C^2 weights, one ReLU), the same 5x5 receptive field.
-    Between stages a max pool halves the map and a 1x1 conv doubles C (32, 64, 128). Every
-    conv has BatchNorm; global average pooling and one linear layer end it."""
-
-    def __init__(self, kernel=3, width=32, num_classes=10):
-        super().__init__()
-        if kernel not in (3, 5):
-            raise ValueError(f"kernel must be 3 or 5, got {kernel}")
-        self.stem = conv_bn(3, width, 3)
-        self.bodies, self.transitions = nn.ModuleList(), nn.ModuleList()
-        c = width
-        for i in range(3):
-            self.bodies.append(nn.Sequential(conv_bn(c, c, 3), conv_bn(c, c, 3))
-                               if kernel == 3 else conv_bn(c, c, 5))
-            if i < 2:
-                self.transitions.append(nn.Sequential(nn.MaxPool2d(2), conv_bn(c, 2 * c, 1)))
-                c *= 2
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(c, num_classes))
-
-    def forward(self, x):                              # (B, 3, 32, 32)
-        x = self.bodies[0](self.stem(x))               # (B, 32, 32, 32)
-        x = self.bodies[1](self.transitions[0](x))     # (B, 64, 16, 16)
-        x = self.bodies[2](self.transitions[1](x))     # (B, 128, 8, 8)
-        return self.head(x)                            # (B, 10)
-
-
 # ============================================================================ 3.4.5 GoogLeNet
-
-def conv_bn(c_in, c_out, k, stride=1):
-    """Conv -> BatchNorm -> ReLU, 'same' padding."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-
 
 class Inception(nn.Module):
     """The inception module of GoogLeNet (Szegedy et al., "Going deeper with convolutions",
@@ -397,12 +366,11 @@ class DenseNet(nn.Module):
         return self.head(x)                # (B, 10)
 
 
-# ============================================================================ registry
+# ============================================================================ the models of the table
 
 # name -> (constructor, peak learning rate, weight decay) for SGD with Nesterov momentum 0.9
-# on a one-cycle schedule. ResNet and DenseNet use their papers' CIFAR settings; the
-# VGGs and AlexNet need 0.02 (VGG-11 with BN: 25% val at 0.1, 61% at 0.02 after 3 epochs
-# on 10,000 images, see README).
+# on a one-cycle schedule. ResNet and DenseNet use their papers' CIFAR settings; the VGGs
+# and AlexNet need 0.02 (see README).
 MODELS = {
     "lenet": (LeNet5, 0.05, 5e-4),
     "alexnet": (AlexNet, 0.02, 5e-4),
@@ -413,19 +381,20 @@ MODELS = {
     "resnet56": (lambda: ResNet(56), 0.1, 1e-4),
     "densenet": (lambda: DenseNet(100, 12), 0.1, 1e-4),
     "seresnet20": (lambda: ResNet(20, block=SEBasicBlock), 0.1, 1e-4),
-    "vgg3x3": (lambda: SmallVGG(3), 0.1, 5e-4),
+    "vgg3x3": (lambda: SmallVGG(3), 0.1, 5e-4),   # SmallVGG: the 3x3 claim's pair, below
     "vgg5x5": (lambda: SmallVGG(5), 0.1, 5e-4),
 }
+MAX_DEPTH = 1202  # the deepest CIFAR ResNet of He et al. 2016; deeper cannot be built here
 
 
 def model_spec(name):
     """(constructor, lr, weight decay) for a registered name, or for resnet<depth>,
     seresnet<depth> or plain<depth> (the ResNet without shortcuts) at any depth 6n + 2
-    (20, 32, 44, 56, 110, ...); None if unknown."""
+    up to MAX_DEPTH; None if unknown."""
     if name in MODELS:
         return MODELS[name]
     match = re.fullmatch(r"(seresnet|resnet|plain)(\d+)", name)
-    if match and int(match.group(2)) >= 8 and (int(match.group(2)) - 2) % 6 == 0:
+    if match and 8 <= int(match.group(2)) <= MAX_DEPTH and (int(match.group(2)) - 2) % 6 == 0:
         kind, depth = match.group(1), int(match.group(2))
         block = SEBasicBlock if kind == "seresnet" else BasicBlock
         return (lambda: ResNet(depth, block=block, residual=kind != "plain"), 0.1, 1e-4)
@@ -436,34 +405,28 @@ def build(name):
     return model_spec(name)[0]()
 
 
-def count_params(model):
-    return sum(p.numel() for p in model.parameters())
+def image_macs(model):
+    """Multiply-adds for one 32x32 RGB image."""
+    return common.count_macs(model, torch.zeros(1, 3, 32, 32))
 
 
-def count_macs(model, size=32):
-    """Multiply-adds for one 3 x size x size image, from torch's FLOP counter (2 FLOPs per
-    multiply-add; it counts convolutions and matrix products)."""
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() // 2
-
+# ============================================================================ 3.4 the comparison
 
 def stage_shapes(model, size=32):
-    """Output shape of each top-level child, in the order forward calls them; a child that
-    is a Sequential of Sequentials (VGG's features) is shown stage by stage."""
-    shapes, hooks = [], []
-    stages = []
+    """Output shape of each stage, in the order forward calls them: the top-level children,
+    with a Sequential of Sequentials (VGG's features) or a ModuleList opened up."""
+    stages, shapes = [], []
     for name, child in model.named_children():
         parts = list(child.named_children())
-        if isinstance(child, nn.Sequential) and parts and \
-                all(isinstance(c, nn.Sequential) for _, c in parts):
-            stages += parts
+        if isinstance(child, nn.ModuleList) or (isinstance(child, nn.Sequential) and parts and
+                                                all(isinstance(c, nn.Sequential) for _, c in parts)):
+            stages += [(f"{name}.{n}" if isinstance(child, nn.ModuleList) else n, c)
+                       for n, c in parts]
         else:
             stages.append((name, child))
-    for name, child in stages:
-        hooks.append(child.register_forward_hook(
-            lambda m, i, o, name=name: shapes.append((name, tuple(o.shape[1:])))))
+    hooks = [child.register_forward_hook(
+        lambda m, i, o, name=name: shapes.append((name, tuple(o.shape[1:]))))
+        for name, child in stages]
     model.eval()
     with torch.no_grad():
         model(torch.zeros(1, 3, size, size))
@@ -481,7 +444,8 @@ def throughput(model, device, precision="fp32", batch=32, steps=3):
     if common.channels_last_helps(device):
         x = x.contiguous(memory_format=torch.channels_last)
     batches = [(x, torch.randint(0, 10, (batch,), device=device))]
-    dtype, scaler = common.AMP_DTYPES[precision], common.make_scaler(device, precision)
+    dtype = common.AMP_DTYPES[precision]
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
     common.train(model, batches, opt, nn.CrossEntropyLoss(), device, amp_dtype=dtype,
                  scaler=scaler)
     common.synchronize(device)
@@ -492,44 +456,48 @@ def throughput(model, device, precision="fp32", batch=32, steps=3):
     return steps * batch / (time.perf_counter() - start)
 
 
-def compare(names, device, precision="fp32", log=print, rows=None):
+def compare(names, device, precision="fp32", rows=None):
     """One row per model: parameters, multiply-adds, stage shapes, training throughput.
     Rows are appended to `rows` as they are measured (kept if interrupted)."""
     rows = [] if rows is None else rows
+    print(f"{'model':11s} {'params':>11s} {'mult-adds':>10s} {'train':>10s}   "
+          f"output shape after each stage\n{'':11s} {'':>11s} {'(millions)':>10s} "
+          f"{'images/s':>10s}")
     for name in names:
         torch.manual_seed(0)
         model = build(name)
-        row = {"model": name, "params": count_params(model), "macs": count_macs(model),
+        row = {"model": name, "params": common.count_params(model), "macs": image_macs(model),
                "stages": stage_shapes(model)}
         row["train_images_per_s"] = round(throughput(model, device, precision), 1)
         rows.append(row)
-        log(f"{name:11s} {row['params']:>11,d} {row['macs'] / 1e6:>10.1f} "
-            f"{row['train_images_per_s']:>10.0f}   " +
-            " -> ".join(f"{s}{list(shape)}" for s, shape in row["stages"]))
+        print(f"{name:11s} {row['params']:>11,d} {row['macs'] / 1e6:>10.1f} "
+              f"{row['train_images_per_s']:>10.0f}   " +
+              " -> ".join(f"{s}{list(shape)}" for s, shape in row["stages"]))
     return rows
 
 
 def dot_size(rate, top):
-    return 20 + 400 * (rate / top) ** 0.5
+    return 30 + 400 * (rate / top) ** 0.5
 
 
 def plot_compare(rows, title):
-    fig, ax = common.plt.subplots(figsize=(7, 5))
-    top = max(r["train_images_per_s"] for r in rows)
-    labels = {}  # models at (nearly) the same point share one label
-    for r in rows:
+    """Parameters against multiply-adds, one colour per model, dot size = training speed."""
+    fig, ax = common.plt.subplots(figsize=(7.5, 5))
+    rates = [r["train_images_per_s"] for r in rows]
+    top = max(rates)
+    colours = common.plt.get_cmap("tab20").colors
+    for i, r in enumerate(rows):
         x, y = r["macs"] / 1e6, r["params"] / 1e6
-        ax.scatter(x, y, s=dot_size(r["train_images_per_s"], top), alpha=0.6)
-        key = (round(math.log10(x), 1), round(math.log10(y), 1))
-        labels.setdefault(key, [x, y, []])[2].append(r["model"])
-    for x, y, names in labels.values():
-        ax.annotate(", ".join(names), (x, y), fontsize=8, xytext=(5, 5),
-                    textcoords="offset points")
-    for rate in (top, top / 10, top / 100):  # the dot-size key
-        ax.scatter([], [], s=dot_size(rate, top), color="gray", alpha=0.4,
-                   label=f"{rate:,.0f} images/s")
-    ax.legend(title="dot size: training speed", loc="upper left", bbox_to_anchor=(1.01, 1),
-              labelspacing=1.5, borderpad=1)
+        ax.scatter(x, y, s=dot_size(r["train_images_per_s"], top), alpha=0.7,
+                   color=colours[i % 20], edgecolor="black", linewidth=0.5, label=r["model"])
+        ax.annotate(r["model"], (x, y), fontsize=7, xytext=(6, 4), textcoords="offset points")
+    models = ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
+    ax.add_artist(models)
+    keys = [ax.scatter([], [], s=dot_size(rate, top), color="gray", alpha=0.5,
+                       label=f"{rate:,.0f} images/s")
+            for rate in sorted({top, (top * min(rates)) ** 0.5, min(rates)}, reverse=True)]
+    ax.legend(handles=keys, title="dot size: training speed", loc="lower left",
+              bbox_to_anchor=(1.01, 0), labelspacing=1.3, borderpad=0.8, fontsize=7)
     ax.set(xscale="log", yscale="log", xlabel="multiply-adds per image (millions)",
            ylabel="parameters (millions)", title=title)
     ax.grid(alpha=0.3, which="both")
@@ -561,10 +529,10 @@ def inception_bottleneck():
     out = {}
     for reduce in (True, False):
         m = Inception(*cfg, reduce=reduce).eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            y = m(x)
-        out[reduce] = {"params": count_params(m), "macs": counter.get_total_flops() // 2,
-                       "out_channels": y.shape[1]}
+        with torch.no_grad():
+            channels = m(x).shape[1]
+        out[reduce] = {"params": common.count_params(m), "macs": common.count_macs(m, x),
+                       "out_channels": channels}
     return out
 
 
@@ -591,8 +559,8 @@ def design_rules(log=print):
     facts["inception_3a"] = {"with_1x1": r, "without_1x1": n}
 
     torch.manual_seed(0)
-    base, se = count_params(ResNet(20)), count_params(ResNet(20, block=SEBasicBlock))
-    macs = count_macs(ResNet(20)), count_macs(ResNet(20, block=SEBasicBlock))
+    base, se = common.count_params(ResNet(20)), common.count_params(ResNet(20, block=SEBasicBlock))
+    macs = image_macs(ResNet(20)), image_macs(ResNet(20, block=SEBasicBlock))
     log(f"SE block: ResNet-20 {base:,} params, SE-ResNet-20 {se:,} "
         f"(+{se - base:,}, +{100 * (se - base) / base:.1f}%); mult-adds "
         f"+{100 * (macs[1] - macs[0]) / macs[0]:.2f}%")
@@ -635,344 +603,6 @@ def design_rules(log=print):
     return facts
 
 
-# ============================================================================ training
-
-def train_runs(runs, args, device, precision, partition, out):
-    """Train each run under one budget (seed, data order, augmentation, schedule shared);
-    val selects the epoch, test is read once. A run is a dict with label (its folder
-    name), build (a constructor), lr, l2 and optionally aux. Returns (rows, exit status);
-    a row holds the run's numbers and curves."""
-    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
-    rows, status = [], 0
-    for run in runs:
-        name = run["label"]
-        common.set_seed(args.seed)  # same weights init order, data order and augmentation
-        loaders = common.make_loaders(partition, device, args.batch_size, 500,
-                                      augment=args.augment, seed=args.seed)
-        model = common.to_device(run["build"](), device)
-        settings = {"model": name, "optim": "SGD", "momentum": 0.9, "lr": run["lr"],
-                    "l2": run["l2"], "epochs": args.epochs, "schedule": "onecycle",
-                    "precision": precision, "train_batch_size": args.batch_size,
-                    "augment": args.augment, "aux": run.get("aux", False), "seed": args.seed,
-                    "data": partition["kind"], "limit": args.limit}
-        folder = common.claim_run_dir(out, name)
-        print(f"== {name}: {count_params(model):,} params, lr {settings['lr']:g}, "
-              f"l2 {settings['l2']:g} -> {folder}")
-        fitted = common.fit(model, loaders, settings, device, folder, "--batch-size")
-        if fitted is None:  # out of memory, said in one line
-            status = 1
-            break
-        settings, result = fitted
-        secs = result["epoch_seconds"]
-        row = {"model": name, "test_acc": result["test_acc"], "val_acc": result["val_acc"],
-               "params": count_params(model), "macs": count_macs(run["build"]()),
-               "seconds_per_epoch": round(sum(secs) / len(secs), 2) if secs else None,
-               "status": result["status"], "folder": folder}
-        record = common.run_record(settings, result, device, partition["kind"], **row)
-        with common.saving():
-            missing = common.save_all([
-                (os.path.join(folder, "result.json"),
-                 lambda path: common.save_json(record, path)),
-                (os.path.join(folder, "loss.png"), lambda path: common.save_figure(
-                    common.plot_loss_variation(result, f"{name}: loss{tag}"), path,
-                    args.show)),
-                (os.path.join(folder, "accuracy.png"), lambda path: common.save_figure(
-                    common.plot_acc_variation(result, f"{name}: accuracy{tag}"), path,
-                    args.show))])
-        if missing:
-            status = common.report_missing(folder, missing)
-        rows.append(dict(row, result=result, lr=settings["lr"], l2=settings["l2"]))
-        if result["status"] == "interrupted" or common.stop_requested():
-            status = common.interrupted_exit_code()
-            print(f"stopped by {common.stop_requested()}; the finished runs are saved",
-                  file=sys.stderr)
-            break
-        if result["status"] == "diverged":
-            status = status or common.EXIT_DIVERGED
-    return rows, status
-
-
-def print_table(rows):
-    def fmt(v):
-        return f"{v:.2f}" if v is not None else "-"
-
-    print(f"\n{'model':13s} {'test acc':>9s} {'val acc':>8s} {'params':>11s} {'s/epoch':>8s}"
-          f"  status")
-    for r in rows:
-        print(f"{r['model']:13s} {fmt(r['test_acc']):>9s} {fmt(r['val_acc']):>8s} "
-              f"{r['params']:>11,d} {fmt(r['seconds_per_epoch']):>8s}  {r['status']}")
-
-
-def train_models(names, args, device, precision):
-    """--train: the named models, each with its own lr and weight decay (or --lr/--l2)."""
-    partition = common.data_or_exit(args)
-    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
-    out = os.path.join(args.out_dir, "04_case_studies")
-    print(f"device: {device} ({common.device_name(device)}), precision {precision}, data: "
-          f"{partition['kind']}, {common.epochs_text(args.epochs)}, batch {args.batch_size}, "
-          f"augment {args.augment}, seed {args.seed}")
-    runs = []
-    for name in names:
-        ctor, lr, l2 = model_spec(name)
-        aux = name == "googlenet" and args.aux
-        runs.append({"label": name, "build": (lambda: GoogLeNet(aux=True)) if aux else ctor,
-                     "lr": args.lr or lr, "l2": args.l2 if args.l2 is not None else l2,
-                     "aux": aux})
-    rows, status = train_runs(runs, args, device, precision, partition, out)
-    if not rows:
-        return status
-    print_table(rows)
-    table = [{k: v for k, v in r.items() if k != "result"} for r in rows]
-    summary = {"data": partition["kind"], "device": str(device),
-               "device_name": common.device_name(device), "precision": precision,
-               "epochs": args.epochs, "torch": torch.__version__,
-               "date": time.strftime("%Y-%m-%d"), "models": table}
-    title = f"{common.epochs_text(args.epochs)}{tag}"
-    curves = {r["model"]: r["result"]["val_accs"] for r in rows}
-    jobs = [(os.path.join(out, "train_results.json"),
-             lambda path: common.save_json(summary, path)),
-            (os.path.join(out, "val_accuracy.png"), lambda path: common.save_figure(
-                common.plot_curves([("val accuracy (%)", curves)], f"val accuracy, {title}"),
-                path, args.show)),
-            (os.path.join(out, "accuracy_vs_cost.png"), lambda path: common.save_figure(
-                plot_accuracy_vs_cost(table, f"test accuracy vs cost, {title}"), path,
-                args.show))]
-    return common.save_outputs(jobs, out) or status
-
-
-# ============================================================================ the slides' claims
-# Each claim trains the few networks it needs under one shared budget (train_runs), draws
-# the figure that shows the effect, and prints the paper's number beside ours with a
-# verdict decided by the rule written in its `rule` line, fixed before any run.
-
-# quick: at most 10 minutes per claim on 2 CPU cores (measured); full: a GPU budget.
-# limit = images per split (train, val, test); epochs; None = the whole data set.
-BUDGETS = {
-    "degradation": {"quick": (3000, 10), "full": (None, 40)},
-    "batchnorm": {"quick": (3000, 10), "full": (None, 30)},
-    "aux": {"quick": (1500, 8), "full": (None, 30)},
-    "3x3": {"quick": (5000, 15), "full": (None, 30)},
-    "regularization": {"quick": (2000, 12), "full": (5000, 60)},
-}
-BN_TARGET = 40.0  # val accuracy (%) the batchnorm claim counts epochs to, fixed in advance
-
-
-def _final(row, key):
-    values = row["result"][key]
-    return values[-1] if values else None
-
-
-def _error(values):
-    return [None if v is None else round(100 - v, 2) for v in values]
-
-
-def claim_degradation(rows_of, budget):
-    """He et al. 2016, Figures 1 and 6, Table 6."""
-    rows = rows_of([
-        {"label": "plain20", "build": model_spec("plain20")[0], "lr": 0.1, "l2": 1e-4},
-        {"label": "plain56", "build": model_spec("plain56")[0], "lr": 0.1, "l2": 1e-4},
-        {"label": "resnet20", "build": model_spec("resnet20")[0], "lr": 0.1, "l2": 1e-4},
-        {"label": "resnet56", "build": model_spec("resnet56")[0], "lr": 0.1, "l2": 1e-4}])
-    r = {row["model"]: row for row in rows}
-    train_err = {k: 100 - _final(v, "train_accs") for k, v in r.items()}
-    val_err = {k: 100 - _final(v, "val_accs") for k, v in r.items()}
-    deeper_plain_worse = train_err["plain56"] > train_err["plain20"]
-    deeper_res_better = val_err["resnet56"] < val_err["resnet20"]
-    return {
-        "claim": "He, Zhang, Ren, Sun 2016 (CVPR), CIFAR-10, Figures 1 and 6: the 56-layer "
-                 "plain net has higher training error than the 20-layer one; with shortcuts "
-                 "the deeper net is better (Table 6: ResNet-20 8.75%, ResNet-56 6.97% test "
-                 "error)",
-        "rule": "holds when plain-56's final training error > plain-20's AND ResNet-56's "
-                "final val error < ResNet-20's",
-        "numbers": {"final_train_error": train_err, "final_val_error": val_err},
-        "ours": f"final training error plain-20 {train_err['plain20']:.2f}%, plain-56 "
-                f"{train_err['plain56']:.2f}%; val error ResNet-20 {val_err['resnet20']:.2f}%, "
-                f"ResNet-56 {val_err['resnet56']:.2f}%",
-        "holds": deeper_plain_worse and deeper_res_better,
-        "panels": [("training error (%)", {k: _error(v["result"]["train_accs"])
-                                           for k, v in r.items()}),
-                   ("val error (%)", {k: _error(v["result"]["val_accs"]) for k, v in r.items()})],
-    }
-
-
-def claim_batchnorm(rows_of, budget):
-    """Ioffe and Szegedy 2015."""
-    base_lr = MODELS["vgg"][1]
-    runs = [{"label": f"{name}_lr{lr:g}", "build": MODELS[name][0], "lr": lr, "l2": 5e-4}
-            for lr in (base_lr, 5 * base_lr) for name in ("vgg", "vgg_bn")]
-    rows = rows_of(runs)
-    r = {row["model"]: row for row in rows}
-
-    def epochs_to(row):
-        return next((i + 1 for i, a in enumerate(row["result"]["val_accs"])
-                     if a >= BN_TARGET), None)
-
-    reached = {k: epochs_to(v) for k, v in r.items()}
-    fate = {k: ("diverged" if v["status"] == "diverged" else
-                "stalled" if max(v["result"]["val_accs"], default=0) < 15 else "learned")
-            for k, v in r.items()}
-    plain, bn = reached[f"vgg_lr{base_lr:g}"], reached[f"vgg_bn_lr{base_lr:g}"]
-    holds = bn is not None and (plain is None or bn <= plain / 2)
-    return {
-        "claim": "Ioffe and Szegedy 2015 (ICML): batch norm reached the same accuracy in 14x "
-                 "fewer steps (with a higher lr and other changes), and in less than half "
-                 "the steps with BN alone",
-        "rule": f"holds when VGG-11-BN reaches {BN_TARGET:.0f}% val accuracy in at most half "
-                f"the epochs VGG-11 needs at the same lr {base_lr:g} (VGG-11 not reaching it "
-                f"counts as more)",
-        "numbers": {"epochs_to_target": reached, "target_val_acc": BN_TARGET, "fate": fate},
-        "ours": ", ".join(f"{k}: {'epoch ' + str(v) if v else 'not reached'} ({fate[k]})"
-                          for k, v in reached.items()),
-        "holds": holds,
-        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
-                   ("training loss", {k: v["result"]["train_losses"] for k, v in r.items()})],
-    }
-
-
-def claim_aux(rows_of, budget):
-    """Szegedy et al. 2015 and 2016."""
-    ctor, lr, l2 = MODELS["googlenet"]
-    rows = rows_of([{"label": "googlenet", "build": ctor, "lr": lr, "l2": l2},
-                    {"label": "googlenet_aux", "build": lambda: GoogLeNet(aux=True), "lr": lr,
-                     "l2": l2, "aux": True}])
-    r = {row["model"]: row for row in rows}
-    first = {k: v["result"]["val_accs"][0] for k, v in r.items()}
-    last = {k: _final(v, "val_accs") for k, v in r.items()}
-    gaps = [abs(first["googlenet_aux"] - first["googlenet"]),
-            abs(last["googlenet_aux"] - last["googlenet"])]
-    return {
-        "claim": "Szegedy et al. 2015 added auxiliary classifiers (loss weight 0.3) against "
-                 "vanishing gradients; Szegedy et al. 2016 (Inception-v3, section 4) found "
-                 "they do not speed early training and act as regularisers. With batch norm "
-                 "everywhere, expect a difference near noise",
-        "rule": "holds when the aux and plain runs differ by at most 2 points of val accuracy "
-                "after the first epoch and at the end",
-        "numbers": {"val_acc_after_epoch_1": first, "final_val_acc": last},
-        "ours": f"val accuracy after epoch 1: {first['googlenet']:.2f}% without, "
-                f"{first['googlenet_aux']:.2f}% with aux; at the end {last['googlenet']:.2f}% "
-                f"vs {last['googlenet_aux']:.2f}%",
-        "holds": max(gaps) <= 2.0,
-        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
-                   ("val loss (main head)", {k: v["result"]["val_losses"]
-                                             for k, v in r.items()})],
-    }
-
-
-def body_weights(net):
-    """Conv weights of each C -> C stage body of a SmallVGG: 18 C^2 (3x3) or 25 C^2 (5x5)."""
-    return [sum(m.weight.numel() for m in body.modules() if isinstance(m, nn.Conv2d))
-            for body in net.bodies]
-
-
-def claim_3x3(rows_of, budget):
-    """Simonyan and Zisserman 2015."""
-    rows = rows_of([{"label": name, "build": MODELS[name][0], "lr": MODELS[name][1],
-                     "l2": MODELS[name][2]} for name in ("vgg3x3", "vgg5x5")])
-    r = {row["model"]: row for row in rows}
-    body = {k: body_weights(SmallVGG(int(k[3]))) for k in r}
-    acc = {k: _final(v, "val_accs") for k, v in r.items()}
-    return {
-        "claim": "Simonyan and Zisserman 2015 (ICLR), section 2.3 and Table 3: two 3x3 convs "
-                 "see what one 5x5 sees with 18C^2 instead of 25C^2 weights and one more "
-                 "non-linearity; their net B with 5x5 convs had 7% higher top-1 error",
-        "rule": "holds when the two-3x3 net has fewer weights and mult-adds AND at least the "
-                "val accuracy of the one-5x5 net",
-        "numbers": {"params": {k: v["params"] for k, v in r.items()},
-                    "macs": {k: v["macs"] for k, v in r.items()},
-                    "conv_body_weights": body, "final_val_acc": acc},
-        "ours": f"3x3: {r['vgg3x3']['params']:,} params, {r['vgg3x3']['macs'] / 1e6:.1f}M "
-                f"mult-adds, val {acc['vgg3x3']:.2f}%; 5x5: {r['vgg5x5']['params']:,} params, "
-                f"{r['vgg5x5']['macs'] / 1e6:.1f}M mult-adds, val {acc['vgg5x5']:.2f}%",
-        "holds": (r["vgg3x3"]["params"] < r["vgg5x5"]["params"]
-                  and r["vgg3x3"]["macs"] < r["vgg5x5"]["macs"]
-                  and acc["vgg3x3"] >= acc["vgg5x5"]),
-        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
-                   ("training loss", {k: v["result"]["train_losses"] for k, v in r.items()})],
-    }
-
-
-def claim_regularization(rows_of, budget):
-    """Krizhevsky et al. 2012."""
-    lr = MODELS["alexnet"][1]
-    rows = rows_of([{"label": label, "build": functools.partial(AlexNet, dropout=p), "lr": lr,
-                     "l2": l2} for label, p, l2 in (("none", 0.0, 0.0), ("wd", 0.0, 5e-4),
-                                                    ("dropout", 0.5, 0.0),
-                                                    ("both", 0.5, 5e-4))])
-    r = {row["model"]: row for row in rows}
-    gap = {k: round(_final(v, "train_accs") - _final(v, "val_accs"), 2) for k, v in r.items()}
-    return {
-        "claim": "Krizhevsky, Sutskever and Hinton 2012, section 4.2: 'without dropout, our "
-                 "network exhibits substantial overfitting'",
-        "rule": "holds when both runs without dropout (none, wd) end with a larger train - "
-                "val accuracy gap than both runs with dropout (dropout, both)",
-        "numbers": {"final_gap_train_minus_val": gap,
-                    "final_val_acc": {k: _final(v, "val_accs") for k, v in r.items()}},
-        "ours": "final train - val gap: " + ", ".join(f"{k} {v:.2f}" for k, v in gap.items()),
-        "holds": min(gap["none"], gap["wd"]) > max(gap["dropout"], gap["both"]),
-        "panels": [("train accuracy (%)", {k: v["result"]["train_accs"] for k, v in r.items()}),
-                   ("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()})],
-    }
-
-
-CLAIMS = {"degradation": claim_degradation, "batchnorm": claim_batchnorm, "aux": claim_aux,
-          "3x3": claim_3x3, "regularization": claim_regularization}
-
-
-def run_claim(name, args, device, precision):
-    """--claim NAME: its networks under the budget, the figure, the JSON, the verdict."""
-    limit, epochs = BUDGETS[name][args.budget]
-    limit, epochs = args.limit or limit, args.epochs or epochs  # explicit options win
-    args.limit, args.epochs = limit, epochs
-    if name == "regularization":
-        args.augment = False  # augmentation is a regulariser too: the claim is about dropout
-    partition = common.data_or_exit(args)
-    tag = " [SYNTHETIC DATA]" if partition["kind"] == "synthetic" else ""
-    out = os.path.join(args.out_dir, "04_case_studies", "claims")
-    print(f"claim {name}, budget {args.budget}: {limit or 'all'} images per split, "
-          f"{common.epochs_text(epochs)}, batch {args.batch_size}, augment {args.augment}, "
-          f"seed {args.seed}; device {device} ({common.device_name(device)}), {precision}, "
-          f"data {partition['kind']}")
-    result = {}
-
-    class Unfinished(Exception):
-        """A run was stopped (Ctrl-C, out of memory): no verdict from part of the runs."""
-
-    def rows_of(runs):
-        rows, result["status"] = train_runs(runs, args, device, precision, partition,
-                                            os.path.join(out, name))
-        result["rows"] = rows
-        if len(rows) < len(runs) or any(r["status"] == "interrupted" for r in rows):
-            raise Unfinished
-        return rows  # a diverged run is an outcome the verdict reads, not a failure
-
-    started = time.perf_counter()
-    try:
-        verdict = CLAIMS[name](rows_of, args.budget)
-    except Unfinished:
-        print(f"claim {name}: not all runs finished; no verdict", file=sys.stderr)
-        return result["status"]
-    minutes = (time.perf_counter() - started) / 60
-    print_table(result["rows"])
-    word = "holds" if verdict["holds"] else "does not show at this budget"
-    print(f"\nclaim:   {verdict['claim']}\nrule:    {verdict['rule']}\n"
-          f"ours:    {verdict['ours']}\nverdict: {word} ({minutes:.1f} min)")
-    record = {"claim": name, "paper": verdict["claim"], "rule": verdict["rule"],
-              "ours": verdict["ours"], "numbers": verdict["numbers"], "verdict": word,
-              "budget": args.budget, "limit": limit, "epochs": epochs,
-              "augment": args.augment, "seed": args.seed, "data": partition["kind"],
-              "device": str(device), "device_name": common.device_name(device),
-              "precision": precision, "minutes": round(minutes, 1),
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-              "runs": result["rows"]}
-    title = (f"{name}: {word} ({args.budget} budget, {limit or 'all'} images, "
-             f"{common.epochs_text(epochs)}){tag}")
-    jobs = [(os.path.join(out, f"{name}.json"), lambda p: common.save_json(record, p)),
-            (os.path.join(out, f"{name}.png"), lambda p: common.save_figure(
-                common.plot_curves(verdict["panels"], title), p, args.show))]
-    return common.save_outputs(jobs, out)
-
-
 # ============================================================================ 3.4 ImageNet chart
 
 # ILSVRC classification winners, top-5 error (%), from the primary sources:
@@ -994,43 +624,388 @@ HUMAN_TOP5 = (5.1, "Russakovsky et al. 2015, IJCV, section 6.4 (one trained anno
 
 
 def plot_imagenet(title="ILSVRC classification: the winners' top-5 error"):
-    fig, ax = common.plt.subplots(figsize=(8, 4.5))
+    fig, ax = common.plt.subplots(figsize=(8.5, 4.5))
     years = [y for y, *_ in IMAGENET_TOP5]
     errors = [e for _, _, e, _ in IMAGENET_TOP5]
-    bars = ax.bar(years, errors, color=["#999"] * 2 + ["#3a7"] * (len(years) - 2))
-    for bar, (_, entry, err, _) in zip(bars, IMAGENET_TOP5):
-        ax.annotate(f"{err:g}%\n{entry}", (bar.get_x() + bar.get_width() / 2, err),
-                    ha="center", va="bottom", fontsize=7, xytext=(0, 2),
-                    textcoords="offset points")
-    ax.axhline(HUMAN_TOP5[0], color="crimson", ls="--")
-    ax.text(years[0] - 0.4, HUMAN_TOP5[0] + 0.6, f"human, about {HUMAN_TOP5[0]}%",
-            color="crimson", fontsize=8)
-    ax.set(xticks=years, ylabel="top-5 error (%)", ylim=(0, 33), title=title)
-    fig.text(0.01, -0.02, "grey: before CNNs; green: CNN winners. Sources in "
+    ax.bar(years, errors, color=["#999"] * 2 + ["#3a7"] * (len(years) - 2))
+    ax.axhline(HUMAN_TOP5[0], color="crimson", ls="--", zorder=1,
+               label=f"human, about {HUMAN_TOP5[0]:g}% (Russakovsky et al. 2015)")
+    for year, _, err, _ in IMAGENET_TOP5:  # the value above its bar, on white over the line
+        ax.annotate(f"{err:g}%", (year, err), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 3), textcoords="offset points", zorder=3,
+                    bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none"))
+    ax.set_xticks(years, [f"{y}\n{entry.replace(' (', chr(10) + '(')}"
+                          for y, entry, *_ in IMAGENET_TOP5], fontsize=7)
+    ax.set(ylabel="top-5 error (%)", ylim=(0, 33), title=title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.text(0.01, -0.06, "grey: before CNNs; green: CNN winners. Sources in "
              "04_case_studies.py (IMAGENET_TOP5)", fontsize=7)
     return fig
 
 
-# ============================================================================ main
+# ============================================================================ --train
+
+def training_run(name, build_model, lr, l2, args, precision, aux=False):
+    """One run for common.train_runs under the shared budget of --train and --claim."""
+    settings = {"model": name, "optim": "SGD", "momentum": 0.9, "lr": lr, "l2": l2,
+                "epochs": args.epochs, "schedule": "onecycle", "precision": precision,
+                "train_batch_size": args.batch_size, "test_batch_size": 500,
+                "augment": args.augment, "aux": aux, "seed": args.seed, "data": args.data,
+                "limit": args.limit}
+    return {"name": name, "build": build_model, "settings": settings,
+            "row": {"macs": image_macs(build_model())}}
+
+
+def train_models(names, args, device, precision):
+    """--train: the named models, each with its own lr and weight decay (or --lr/--l2)."""
+    partition = common.load_data(args)
+    tag = common.data_tag(partition["kind"])
+    out = os.path.join(args.out_dir, "04_case_studies")
+    print(f"device: {device} ({common.device_name(device)}), precision {precision}, data: "
+          f"{partition['kind']}, {common.epochs_text(args.epochs)}, batch {args.batch_size}, "
+          f"augment {args.augment}, seed {args.seed}")
+    runs = []
+    for name in names:
+        ctor, lr, l2 = model_spec(name)
+        aux = name == "googlenet" and args.aux
+        runs.append(training_run(name, functools.partial(GoogLeNet, aux=True) if aux else ctor,
+                                 args.lr or lr, l2 if args.l2 is None else args.l2, args,
+                                 precision, aux))
+    rows, status = common.train_runs(runs, partition, device, out, args.show)
+    if not rows:
+        return status
+    print_results(rows)
+    table = [{k: v for k, v in r.items() if k not in ("result", "settings")} for r in rows]
+    summary = {"data": partition["kind"], "epochs": args.epochs, "models": table,
+               **common.environment(device, precision)}
+    title = f"{common.epochs_text(args.epochs)}{tag}"
+    curves = {r["model"]: r["result"]["val_accs"] for r in rows}
+    paths = common.reserve(os.path.join(out, "train_results.json"),
+                           also=["val_accuracy.png", "accuracy_vs_cost.png"])
+    jobs = [(paths[0], lambda path: common.save_json(summary, path)),
+            (paths[1], lambda path: common.save_figure(
+                common.plot_curves([("val accuracy (%)", curves)], f"val accuracy, {title}"),
+                path, args.show)),
+            (paths[2], lambda path: common.save_figure(
+                plot_accuracy_vs_cost(table, f"test accuracy vs cost, {title}"), path,
+                args.show))]
+    return common.save(jobs, out) or status
+
+
+def print_results(rows):
+    common.print_table(rows, [("model", "model", "s"), ("test acc", "test_acc", ".2f"),
+                              ("val acc", "val_acc", ".2f"), ("params", "params", ",d"),
+                              ("s/epoch", "seconds_per_epoch", ".2f"), ("status", "status", "s")])
+
+
+# ============================================================================ the slides' claims
+# Each claim trains the few networks it needs under one shared budget (common.train_runs),
+# draws the figure that shows the effect, and prints the paper's number beside ours with a
+# verdict decided by the rule written in its `rule` line, fixed before any run.
+
+class SmallVGG(nn.Module):
+    """The VGG rule in one net (Simonyan and Zisserman 2015, section 2.3): a 3x3 stem to C
+    channels, then three stages whose C -> C body is either two 3x3 convs (18 C^2 weights,
+    two ReLUs) or one 5x5 conv (25 C^2 weights, one ReLU), the same 5x5 receptive field.
+    Between stages a max pool halves the map and a 1x1 conv doubles C (32, 64, 128). Every
+    conv has BatchNorm; global average pooling and one linear layer end it."""
+
+    def __init__(self, kernel=3, width=32, num_classes=10):
+        super().__init__()
+        if kernel not in (3, 5):
+            raise ValueError(f"kernel must be 3 or 5, got {kernel}")
+        self.stem = conv_bn(3, width, 3)
+        self.bodies, self.transitions = nn.ModuleList(), nn.ModuleList()
+        c = width
+        for i in range(3):
+            self.bodies.append(nn.Sequential(conv_bn(c, c, 3), conv_bn(c, c, 3))
+                               if kernel == 3 else conv_bn(c, c, 5))
+            if i < 2:
+                self.transitions.append(nn.Sequential(nn.MaxPool2d(2), conv_bn(c, 2 * c, 1)))
+                c *= 2
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(c, num_classes))
+
+    def forward(self, x):                              # (B, 3, 32, 32)
+        x = self.bodies[0](self.stem(x))               # (B, 32, 32, 32)
+        x = self.bodies[1](self.transitions[0](x))     # (B, 64, 16, 16)
+        x = self.bodies[2](self.transitions[1](x))     # (B, 128, 8, 8)
+        return self.head(x)                            # (B, 10)
+
+
+def body_weights(net):
+    """Conv weights of each C -> C stage body of a SmallVGG: 18 C^2 (3x3) or 25 C^2 (5x5)."""
+    return [sum(m.weight.numel() for m in body.modules() if isinstance(m, nn.Conv2d))
+            for body in net.bodies]
+
+
+# quick: at most 10 minutes per claim on 2 CPU cores (measured); full: a GPU budget.
+# limit = images per split (train, val, test); epochs; None = the whole data set.
+BUDGETS = {
+    "degradation": {"quick": (3000, 10), "full": (None, 40)},
+    "batchnorm": {"quick": (3000, 10), "full": (None, 30)},
+    "aux": {"quick": (1500, 8), "full": (None, 30)},
+    "3x3": {"quick": (5000, 15), "full": (None, 30)},
+    "regularization": {"quick": (2000, 12), "full": (5000, 60)},
+}
+BN_TARGET = 40.0  # val accuracy (%) the batchnorm claim counts epochs to, fixed in advance
+
+
+def last(row, key):
+    values = row["result"][key]
+    return values[-1] if values else None
+
+
+def error_curve(accuracies):
+    return [None if v is None else round(100 - v, 2) for v in accuracies]
+
+
+def claim_degradation(train_all):
+    """He et al. 2016, Figures 1 and 6, Table 6."""
+    r = train_all([(name, model_spec(name)[0], 0.1, 1e-4)
+                   for name in ("plain20", "plain56", "resnet20", "resnet56")])
+    train_err = {k: 100 - last(v, "train_accs") for k, v in r.items()}
+    val_err = {k: 100 - last(v, "val_accs") for k, v in r.items()}
+    deeper_plain_worse = train_err["plain56"] > train_err["plain20"]
+    deeper_res_better = val_err["resnet56"] < val_err["resnet20"]
+    return {
+        "claim": "He, Zhang, Ren, Sun 2016 (CVPR), CIFAR-10, Figures 1 and 6: the 56-layer "
+                 "plain net has higher training error than the 20-layer one; with shortcuts "
+                 "the deeper net is better (Table 6: ResNet-20 8.75%, ResNet-56 6.97% test "
+                 "error)",
+        "rule": "holds when plain-56's final training error > plain-20's AND ResNet-56's "
+                "final val error < ResNet-20's",
+        "numbers": {"final_train_error": train_err, "final_val_error": val_err},
+        "ours": f"final training error plain-20 {train_err['plain20']:.2f}%, plain-56 "
+                f"{train_err['plain56']:.2f}%; val error ResNet-20 {val_err['resnet20']:.2f}%, "
+                f"ResNet-56 {val_err['resnet56']:.2f}%",
+        "holds": deeper_plain_worse and deeper_res_better,
+        "panels": [("training error (%)", {k: error_curve(v["result"]["train_accs"])
+                                           for k, v in r.items()}),
+                   ("val error (%)", {k: error_curve(v["result"]["val_accs"])
+                                      for k, v in r.items()})],
+    }
+
+
+def claim_batchnorm(train_all):
+    """Ioffe and Szegedy 2015."""
+    base_lr = MODELS["vgg"][1]
+    r = train_all([(f"{name}_lr{lr:g}", MODELS[name][0], lr, 5e-4)
+                   for lr in (base_lr, 5 * base_lr) for name in ("vgg", "vgg_bn")])
+    reached = {k: common.first_epoch(v["result"]["val_accs"], lambda a: a >= BN_TARGET)
+               for k, v in r.items()}
+    fate = {k: ("diverged" if v["status"] == "diverged" else
+                "stalled" if max(v["result"]["val_accs"], default=0) < 15 else "learned")
+            for k, v in r.items()}
+    plain, bn = reached[f"vgg_lr{base_lr:g}"], reached[f"vgg_bn_lr{base_lr:g}"]
+    holds = bn is not None and (plain is None or bn <= plain / 2)
+    return {
+        "claim": "Ioffe and Szegedy 2015 (ICML): batch norm reached the same accuracy in 14x "
+                 "fewer steps (with a higher lr and other changes), and in less than half "
+                 "the steps with BN alone",
+        "rule": f"holds when VGG-11-BN reaches {BN_TARGET:.0f}% val accuracy in at most half "
+                f"the epochs VGG-11 needs at the same lr {base_lr:g} (VGG-11 not reaching it "
+                f"counts as more)",
+        "numbers": {"epochs_to_target": reached, "target_val_acc": BN_TARGET, "fate": fate},
+        "ours": ", ".join(f"{k}: {'epoch ' + str(v) if v else 'not reached'} ({fate[k]})"
+                          for k, v in reached.items()),
+        "holds": holds,
+        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
+                   ("training loss", {k: v["result"]["train_losses"] for k, v in r.items()})],
+    }
+
+
+def claim_aux(train_all):
+    """Szegedy et al. 2015 and 2016."""
+    ctor, lr, l2 = MODELS["googlenet"]
+    r = train_all([("googlenet", ctor, lr, l2),
+                   ("googlenet_aux", functools.partial(GoogLeNet, aux=True), lr, l2, True)])
+    first = {k: v["result"]["val_accs"][0] for k, v in r.items()}
+    final = {k: last(v, "val_accs") for k, v in r.items()}
+    gaps = [abs(first["googlenet_aux"] - first["googlenet"]),
+            abs(final["googlenet_aux"] - final["googlenet"])]
+    return {
+        "claim": "Szegedy et al. 2015 added auxiliary classifiers (loss weight 0.3) against "
+                 "vanishing gradients; Szegedy et al. 2016 (Inception-v3, section 4) found "
+                 "they do not speed early training and act as regularisers. With batch norm "
+                 "everywhere, expect a difference near noise",
+        "rule": "holds when the aux and plain runs differ by at most 2 points of val accuracy "
+                "after epoch 1 and at the end",
+        "numbers": {"val_acc_after_epoch_1": first, "final_val_acc": final},
+        "ours": f"val accuracy after epoch 1: {first['googlenet']:.2f}% without, "
+                f"{first['googlenet_aux']:.2f}% with aux; at the end {final['googlenet']:.2f}% "
+                f"vs {final['googlenet_aux']:.2f}%",
+        "holds": max(gaps) <= 2.0,
+        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
+                   ("val loss (main head)", {k: v["result"]["val_losses"]
+                                             for k, v in r.items()})],
+    }
+
+
+def claim_3x3(train_all):
+    """Simonyan and Zisserman 2015."""
+    r = train_all([(name, *MODELS[name]) for name in ("vgg3x3", "vgg5x5")])
+    body = {k: body_weights(SmallVGG(int(k[3]))) for k in r}
+    acc = {k: last(v, "val_accs") for k, v in r.items()}
+    return {
+        "claim": "Simonyan and Zisserman 2015 (ICLR), section 2.3 and Table 3: two 3x3 convs "
+                 "see what one 5x5 sees with 18C^2 instead of 25C^2 weights and one more "
+                 "non-linearity; their net B with 5x5 convs had 7% higher top-1 error",
+        "rule": "holds when the two-3x3 net has fewer weights and mult-adds AND at least the "
+                "val accuracy of the one-5x5 net",
+        "numbers": {"params": {k: v["params"] for k, v in r.items()},
+                    "macs": {k: v["macs"] for k, v in r.items()},
+                    "conv_body_weights": body, "final_val_acc": acc},
+        "ours": f"3x3: {r['vgg3x3']['params']:,} params, {r['vgg3x3']['macs'] / 1e6:.1f}M "
+                f"mult-adds, val {acc['vgg3x3']:.2f}%; 5x5: {r['vgg5x5']['params']:,} params, "
+                f"{r['vgg5x5']['macs'] / 1e6:.1f}M mult-adds, val {acc['vgg5x5']:.2f}%",
+        "holds": (r["vgg3x3"]["params"] < r["vgg5x5"]["params"]
+                  and r["vgg3x3"]["macs"] < r["vgg5x5"]["macs"]
+                  and acc["vgg3x3"] >= acc["vgg5x5"]),
+        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
+                   ("training loss", {k: v["result"]["train_losses"] for k, v in r.items()})],
+    }
+
+
+def claim_regularization(train_all):
+    """Krizhevsky et al. 2012."""
+    lr = MODELS["alexnet"][1]
+    r = train_all([(label, functools.partial(AlexNet, dropout=p), lr, l2)
+                   for label, p, l2 in (("none", 0.0, 0.0), ("wd", 0.0, 5e-4),
+                                        ("dropout", 0.5, 0.0), ("both", 0.5, 5e-4))])
+    gap = {k: round(last(v, "train_accs") - last(v, "val_accs"), 2) for k, v in r.items()}
+    return {
+        "claim": "Krizhevsky, Sutskever and Hinton 2012, section 4.2: 'without dropout, our "
+                 "network exhibits substantial overfitting'",
+        "rule": "holds when both runs without dropout (none, wd) end with a larger train - "
+                "val accuracy gap than both runs with dropout (dropout, both)",
+        "numbers": {"final_gap_train_minus_val": gap,
+                    "final_val_acc": {k: last(v, "val_accs") for k, v in r.items()}},
+        "ours": "final train - val gap: " + ", ".join(f"{k} {v:.2f}" for k, v in gap.items()),
+        "holds": min(gap["none"], gap["wd"]) > max(gap["dropout"], gap["both"]),
+        "panels": [("train accuracy (%)", {k: v["result"]["train_accs"] for k, v in r.items()}),
+                   ("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()})],
+    }
+
+
+CLAIMS = {"degradation": claim_degradation, "batchnorm": claim_batchnorm, "aux": claim_aux,
+          "3x3": claim_3x3, "regularization": claim_regularization}
+
+
+class ClaimStopped(Exception):
+    """A run of a claim was stopped (Ctrl-C, out of memory): no verdict from part of them."""
+
+
+def measure_claim(name, args, device, precision):
+    """--claim NAME: its networks under the budget, the figure, the JSON, the verdict."""
+    limit, epochs = BUDGETS[name][args.budget]
+    budget = args.budget if (args.limit, args.epochs) == (None, None) else \
+        f"{args.budget} budget changed by --limit/--epochs"
+    args.limit, args.epochs = args.limit or limit, args.epochs or epochs  # explicit ones win
+    if name == "regularization":
+        args.augment = False  # augmentation is a regulariser too: the claim is about dropout
+    partition = common.load_data(args)
+    out = os.path.join(args.out_dir, "04_case_studies", "claims")
+    print(f"claim {name}, {budget}: {args.limit or 'all'} images per split, "
+          f"{common.epochs_text(args.epochs)}, batch {args.batch_size}, augment {args.augment}, "
+          f"seed {args.seed}; device {device} ({common.device_name(device)}), {precision}, "
+          f"data {partition['kind']}")
+    trained = {}
+
+    def train_all(specs):
+        """Train (name, build, lr, l2[, aux]) runs; {name: row}. A diverged run is an
+        outcome the verdict reads; a stopped one ends the claim."""
+        runs = [training_run(*spec[:4], args, precision, *spec[4:]) for spec in specs]
+        rows, trained["status"] = common.train_runs(runs, partition, device,
+                                                    os.path.join(out, name), args.show)
+        trained["rows"] = rows
+        if len(rows) < len(runs) or any(r["status"] == "interrupted" for r in rows):
+            raise ClaimStopped
+        return {row["model"]: row for row in rows}
+
+    started = time.perf_counter()
+    try:
+        verdict = CLAIMS[name](train_all)
+    except ClaimStopped:
+        print(f"claim {name}: not all runs finished; no verdict", file=sys.stderr)
+        return trained["status"] or common.interrupted_exit_code()
+    minutes = (time.perf_counter() - started) / 60
+    print_results(trained["rows"])
+    word = "holds" if verdict["holds"] else "does not show at this budget"
+    print(f"\nclaim:   {verdict['claim']}\nrule:    {verdict['rule']}\n"
+          f"ours:    {verdict['ours']}\nverdict: {word} ({minutes:.1f} min)")
+    record = {"claim": name, "paper": verdict["claim"], "rule": verdict["rule"],
+              "ours": verdict["ours"], "numbers": verdict["numbers"], "verdict": word,
+              "budget": budget, "limit": args.limit, "epochs": args.epochs,
+              "augment": args.augment, "seed": args.seed, "data": partition["kind"],
+              "minutes": round(minutes, 1), **common.environment(device, precision),
+              "runs": trained["rows"]}
+    title = (f"{name}: {word}\n({budget}, {args.limit or 'all'} images, "
+             f"{common.epochs_text(args.epochs)}){common.data_tag(partition['kind'])}")
+    paths = common.reserve(os.path.join(out, f"{name}.json"), also=[f"{name}.png"])
+    return common.save([(paths[0], lambda p: common.save_json(record, p)),
+                        (paths[1], lambda p: common.save_figure(
+                            common.plot_curves(verdict["panels"], title), p, args.show))], out)
+
+
+# ============================================================================ command line
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, precision = common.start(args)
+    if args.train:
+        args.epochs = args.epochs or 30
+        return train_models(args.train, args, device, precision)
+    if args.claim:
+        return measure_claim(args.claim, args, device, precision)
+
+    common.section(f"3.4 Case studies on 32x32 inputs, device {device}, {precision}")
+    rows, facts, status = [], None, 0
+    try:
+        compare(MODELS, device, precision, rows=rows)
+        facts = design_rules()
+    except KeyboardInterrupt:
+        status = common.interrupted_exit_code()
+        print(f"{len(rows)} of {len(MODELS)} models measured: stopped by "
+              f"{common.stop_requested() or 'SIGINT'}", file=sys.stderr)
+    if not rows:
+        return status
+    record = {**common.environment(device, precision), "fp32_note": common.tf32_note(device),
+              "status": "interrupted" if status else "completed", "complete": status == 0,
+              "stopped_by": common.stop_requested() if status else None,
+              "models_measured": f"{len(rows)} of {len(MODELS)}", "models": rows,
+              "design_rules": facts}
+    out = os.path.join(args.out_dir, "04_case_studies")
+    paths = common.reserve(os.path.join(out, "compare.json"),
+                           also=["compare.png", "imagenet_top5.png"])
+    jobs = [(paths[0], lambda path: common.save_json(record, path)),
+            (paths[1], lambda path: common.save_figure(
+                plot_compare(rows, f"size vs cost ({device}, {precision})"), path, args.show)),
+            (paths[2], lambda path: common.save_figure(plot_imagenet(), path, args.show))]
+    return common.save(jobs, out) or status
+
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description="3.4 case studies: compare LeNet-5 ... SE-ResNet (default), or train "
-                    "some of them with --train.",
+        description="3.4 case studies: compare LeNet-5 ... SE-ResNet (default), train some "
+                    "of them with --train, or measure a slide's claim with --claim.",
         formatter_class=common.HelpFormatter)
     p.add_argument("--train", nargs="+", metavar="NAME", default=None,
                    help=f"train these models (or 'all'): {', '.join(MODELS)}; also "
-                        "resnet<depth> and seresnet<depth> for any depth 6n+2 (32, 44, 110)")
+                        f"resnet<depth>, seresnet<depth> and plain<depth> for any depth 6n+2 "
+                        f"up to {MAX_DEPTH} (32, 44, 110)")
     p.add_argument("--epochs", type=common.positive_int, default=None,
                    help="epochs for every trained model; default: 30 for --train, the "
                         "budget's for --claim")
     p.add_argument("--batch-size", type=common.positive_int, default=128,
                    help="images per training step")
     p.add_argument("--lr", type=common.positive_float, default=None,
-                   help="peak learning rate for every model; default: each model's own")
+                   help="--train only: peak learning rate for every model; default: each "
+                        "model's own")
     p.add_argument("--l2", type=common.non_negative_float, default=None,
-                   help="weight decay for every model; default: each model's own")
-    common.add_augment_amp_args(p)
+                   help="--train only: weight decay for every model; default: each model's "
+                        "own")
+    common.add_training_args(p)
     p.add_argument("--aux", action="store_true",
                    help="train GoogLeNet with its auxiliary classifier (loss weight 0.3)")
     p.add_argument("--claim", choices=tuple(CLAIMS), default=None,
@@ -1041,7 +1016,6 @@ def build_parser():
                    help="for --claim: quick = at most 10 minutes per claim on 2 CPU cores "
                         "(a subset and few epochs, printed); full = the whole set and "
                         "30-60 epochs, for a GPU")
-    common.add_device_args(p)
     common.add_data_args(p)
     common.add_output_args(p)
     return p
@@ -1052,61 +1026,26 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.claim and args.train:
         parser.error("--claim and --train: give one of them")
+    if args.claim and (args.lr is not None or args.l2 is not None):
+        parser.error("--claim uses each network's own learning rate and weight decay; "
+                     "drop --lr/--l2 (they are for --train)")
     if args.train:
         if "all" in args.train and len(args.train) > 1:
             parser.error("--train: give 'all' alone, or a list of model names")
         names = list(MODELS) if args.train == ["all"] else args.train
+        too_deep = [n for n in names if re.fullmatch(r"(seresnet|resnet|plain)\d+", n)
+                    and int(re.sub(r"\D", "", n)) > MAX_DEPTH]
+        if too_deep:
+            parser.error(f"{', '.join(too_deep)}: deeper than {MAX_DEPTH} layers (the paper's "
+                         f"deepest) cannot be built here; choose a depth 6n+2 up to {MAX_DEPTH}")
         unknown = [n for n in names if model_spec(n) is None]
         if unknown:
             parser.error(f"unknown model {', '.join(unknown)}; choose from: "
-                         f"{', '.join(MODELS)}, resnet<6n+2>, seresnet<6n+2>, or all alone")
+                         f"{', '.join(MODELS)}, resnet<6n+2>, seresnet<6n+2>, plain<6n+2>, "
+                         f"or all alone")
         args.train = list(dict.fromkeys(names))
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.show:
-        common.enable_show()
-    if args.deterministic:
-        common.set_deterministic()
-    device = common.device_or_exit(args.device)
-    common.or_exit(common.check_out_dir, args.out_dir)
-    precision = common.choose_precision(device, args.amp)
-    common.set_seed(args.seed)
-    if args.train:
-        args.epochs = args.epochs or 30
-        return train_models(args.train, args, device, precision)
-    if args.claim:
-        return run_claim(args.claim, args, device, precision)
-
-    out = os.path.join(args.out_dir, "04_case_studies")
-    common.section(f"3.4 Case studies on 32x32 inputs, device {device}, {precision}")
-    print(f"{'model':11s} {'params':>11s} {'M mult-add':>10s} {'train im/s':>10s}   "
-          f"output shape after each stage")
-    rows, facts, status = [], None, 0
-    try:
-        compare(MODELS, device, precision, rows=rows)
-        facts = design_rules()
-    except KeyboardInterrupt:
-        status = common.interrupted_exit_code()
-    if not rows:
-        return status
-    record = {"device": str(device), "device_name": common.device_name(device),
-              "precision": precision, "fp32_note": common.tf32_note(device),
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-              "complete": status == 0, "models": rows, "design_rules": facts}
-    title = f"size vs cost ({device}, {precision})"
-    jobs = [(os.path.join(out, "compare.json"), lambda path: common.save_json(record, path)),
-            (os.path.join(out, "compare.png"), lambda path: common.save_figure(
-                plot_compare(rows, title), path, args.show)),
-            (os.path.join(out, "imagenet_top5.png"), lambda path: common.save_figure(
-                plot_imagenet(), path, args.show))]
-    if status:
-        print(f"{len(rows)} of {len(MODELS)} models measured: stopped by "
-              f"{common.stop_requested()}")
-    return common.save_outputs(jobs, out) or status
-
-
 if __name__ == "__main__":
-    common.run(main)
+    common.launch(main)

@@ -1,15 +1,13 @@
-"""Shared pieces of the CNN lecture companion: device and precision, seeding, data, the
-lecture's train / validate / test / experiment loop, plots, and safe file writing.
+"""The lecture's shared code, in reading order: the training loop (train, validate, test,
+experiment), the plots, what a layer sees and costs, the data, the device.
 
-Every numbered script imports this module; it imports no script. The lecture's functions
-(train, validate, test, experiment, plot_loss_variation, plot_acc_variation, imshow) use
-only torch, nn, numpy, pyplot and the standard library, so they paste into a notebook;
-what a robust tool adds (precision choice, progress, signals, atomic files) lives beside
-them and is passed in.
+Below the PLUMBING banner is what a robust command-line tool adds (start-up, one path that
+trains and saves a run, signals, files, progress); a student need not read it. The
+lecture's functions paste into a notebook: see README, "Copy into homework".
 """
 import argparse
-import contextlib
-import functools
+import datetime
+import errno
 import http.client
 import json
 import math
@@ -28,481 +26,372 @@ import urllib.error
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import matplotlib
 
-matplotlib.use("Agg")  # save figures without a screen; --show switches back below
+matplotlib.use("Agg")  # save figures without a screen; --show switches back
 import matplotlib.pyplot as plt  # noqa: E402
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
-SYNTHETIC_CLASSES = ("disk", "ring", "square", "frame", "triangle",
-                     "diamond", "plus", "cross", "h-stripes", "v-stripes")
-# The lecture's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)): the same mean and
-# std for every channel, so plain numbers do (no tensor to copy to the device per batch).
+# The lecture's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)): pixels to [-1, 1]
 MEAN, STD = 0.5, 0.5
 SPLIT_SEED = 123  # the lecture's seed; fixes the train/val split whatever --seed is
+
+
+# ============================================================================ 3.3.5 Training
+
+def autocast(device, amp_dtype=None):
+    """Mixed precision in amp_dtype (torch.bfloat16 or torch.float16), or plain fp32 if None."""
+    # a disabled CPU autocast changes nothing on any device (torch < 2.5 refuses 'mps')
+    device_type = torch.device(device).type if amp_dtype else "cpu"
+    return torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
+def train(net, loader, optimizer, criterion, device, scheduler=None, amp_dtype=None,
+          scaler=None, clip_grad=None, aux_weight=0.3, progress=None):
+    """One epoch of training; returns (mean loss, accuracy in %). The loss is NaN or inf
+    when training diverged.
+
+    Gradients are zeroed before every step (the notebook zeroed them once per epoch).
+    fp16 needs a torch.amp.GradScaler as scaler. A net with auxiliary classifiers
+    (GoogLeNet) returns (logits, aux_logits) in training; their loss counts aux_weight.
+    """
+    device = torch.device(device)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)  # no-op when off
+    net.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for batch, (inputs, labels) in enumerate(loader, 1):
+        inputs, labels = inputs.to(device), labels.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp_dtype):
+            outputs = net(inputs)
+            if isinstance(outputs, tuple):
+                outputs, *aux = outputs
+                loss = criterion(outputs, labels) + \
+                    aux_weight * sum(criterion(a, labels) for a in aux)
+            else:
+                loss = criterion(outputs, labels)
+        scaler.scale(loss).backward()  # fp16: scaled so that small gradients survive
+        scaler.unscale_(optimizer)
+        if clip_grad:
+            nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach().float() * len(labels)
+        correct += (outputs.argmax(1) == labels).sum()
+        count += len(labels)
+        if progress is not None:
+            progress(batch, len(loader), loss.detach())
+    return loss_sum.item() / count, 100.0 * correct.item() / count
+
+
+@torch.no_grad()
+def validate(net, loader, criterion, device, amp_dtype=None):
+    """Mean loss and accuracy in % without training."""
+    device = torch.device(device)
+    net.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        with autocast(device, amp_dtype):
+            outputs = net(inputs)
+            loss = criterion(outputs, labels)
+        loss_sum += loss.float() * len(labels)
+        correct += (outputs.argmax(1) == labels).sum()
+        count += len(labels)
+    return loss_sum.item() / count, 100.0 * correct.item() / count
+
+
+@torch.no_grad()
+def test(net, loader, device, amp_dtype=None):
+    """Test accuracy in % and the confusion matrix counts[true, predicted], in one pass."""
+    device = torch.device(device)
+    net.eval()
+    matrix = None
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        with autocast(device, amp_dtype):
+            outputs = net(inputs)
+        n = outputs.shape[1]
+        counts = torch.bincount(labels * n + outputs.argmax(1), minlength=n * n).view(n, n)
+        matrix = counts if matrix is None else matrix + counts
+    matrix = matrix.cpu()
+    return 100.0 * matrix.diag().sum().item() / matrix.sum().item(), matrix
+
+
+def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progress=None):
+    """Train for settings['epochs'], keep the weights of the best val epoch, test them once.
+
+    settings: optim (SGD, RMSprop or Adam), lr, l2, epochs; optional momentum, schedule
+    (onecycle, cosine or none), label_smoothing, clip_grad. Epochs count from 1. A high lr
+    with momentum needs the schedule's warm-up and clip_grad to stay finite; without them
+    use about a tenth of it. Returns (settings, result) with the lecture's keys; status is
+    'completed', 'diverged' (NaN loss) or 'interrupted' (Ctrl-C); finished epochs are kept.
+    """
+    import time  # standard library: keeps the function whole when pasted
+
+    device = torch.device(device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=settings.get("label_smoothing", 0.0))
+    lr, l2, momentum = settings["lr"], settings["l2"], settings.get("momentum", 0.0)
+    if settings["optim"] == "SGD":  # Nesterov momentum when there is momentum
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
+                                    weight_decay=l2, nesterov=momentum > 0)
+    elif settings["optim"] == "RMSprop":
+        optimizer = torch.optim.RMSprop(net.parameters(), lr=lr, momentum=momentum,
+                                        weight_decay=l2)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=l2)
+    # onecycle: warm up for 20% of the steps, then fall linearly to 0; cosine: decay to 0
+    steps, schedule = settings["epochs"] * len(loaders["train"]), settings.get("schedule")
+    scheduler = None
+    if schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=steps, pct_start=0.2, cycle_momentum=False,
+            anneal_strategy="linear")
+    elif schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    result = {"train_losses": [], "val_losses": [], "train_accs": [], "val_accs": [],
+              "train_acc": None, "val_acc": None, "test_acc": None, "test_confusion": None,
+              "epoch_seconds": [], "best_epoch": None, "status": "completed"}
+    best_state, best_acc = None, -1.0
+    try:
+        for epoch in range(1, settings["epochs"] + 1):
+            start = time.perf_counter()
+            train_loss, train_acc = train(
+                net, loaders["train"], optimizer, criterion, device, scheduler, amp_dtype,
+                scaler, settings.get("clip_grad"),
+                progress=progress and (lambda b, n, loss, e=epoch: progress(e, b, n, loss)))
+            val_loss, val_acc = validate(net, loaders["val"], criterion, device, amp_dtype)
+            took = time.perf_counter() - start
+            for key, value in (("train_losses", round(train_loss, 4)),
+                               ("val_losses", round(val_loss, 4)),
+                               ("train_accs", round(train_acc, 2)),
+                               ("val_accs", round(val_acc, 2)),
+                               ("epoch_seconds", round(took, 2))):
+                result[key].append(value)
+            log(f"Epoch {epoch}, Acc(train/val): {train_acc:2.2f}/{val_acc:2.2f}, "
+                f"Loss(train/val) {train_loss:2.2f}/{val_loss:2.2f}. Took {took:2.2f} sec")
+            if not (np.isfinite(train_loss) and np.isfinite(val_loss)):
+                result["status"] = "diverged"
+                log(f"stopped: the loss became NaN or infinite in epoch {epoch} with "
+                    f"lr={lr:g}; use a smaller learning rate (e.g. {lr / 10:g}), or warm-up "
+                    f"and gradient clipping")
+                break
+            if val_acc > best_acc:
+                best_acc = val_acc
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                result.update(best_epoch=epoch, train_acc=round(train_acc, 2),
+                              val_acc=round(val_acc, 2))
+        if best_state is not None:
+            net.load_state_dict(best_state)
+            test_acc, matrix = test(net, loaders["test"], device, amp_dtype)
+            result.update(test_acc=round(test_acc, 2), test_confusion=matrix.tolist())
+    except KeyboardInterrupt:
+        result["status"] = "interrupted"
+        log(f"stopped after {len(result['train_losses'])} finished epoch(s); saving them")
+        if best_state is not None:
+            net.load_state_dict(best_state)
+    return settings, result
+
+
+# ============================================================================ Plots
+# Each returns the figure; the scripts save it (save_figure), a notebook shows it.
+
+def plot_loss_variation(result, title="loss"):
+    """The lecture's loss figure: train vs val loss per epoch."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    n = len(result["train_losses"])
+    epochs = range(1, n + 1)
+    ax.plot(epochs, result["train_losses"], marker="o", ms=3, label="train")
+    ax.plot(epochs, result["val_losses"], marker="o", ms=3, label="val")
+    if n == 0:
+        ax.text(0.5, 0.5, "no finished epoch", transform=ax.transAxes, ha="center")
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss", xlim=(0.5, max(n, 1) + 0.5),
+           title=f"{title}, {n} epoch{'' if n == 1 else 's'}")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.ticklabel_format(axis="y", useOffset=False)  # 2.3031 stays 2.3031, not +2.303
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_acc_variation(result, title="accuracy"):
+    """The lecture's accuracy figure: train vs val accuracy per epoch (0-100%), the test
+    accuracy in a box beside it."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    n = len(result["train_accs"])
+    epochs = range(1, n + 1)
+    ax.plot(epochs, result["train_accs"], marker="o", ms=3, label="train")
+    ax.plot(epochs, result["val_accs"], marker="o", ms=3, label="val")
+    if n == 0:
+        ax.text(0.5, 0.5, "no finished epoch", transform=ax.transAxes, ha="center")
+    test_acc = result.get("test_acc")
+    text = f"test acc\n{test_acc:.2f}%" if test_acc is not None else "test acc\nnot measured"
+    ax.text(1.03, 0.02, text, transform=ax.transAxes, ha="left", va="bottom",
+            bbox=dict(boxstyle="round", facecolor="white", edgecolor="gray"))
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), xlim=(0.5, max(n, 1) + 0.5),
+           title=f"{title}, {n} epoch{'' if n == 1 else 's'}")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def imshow(img, title="", mean=0.5, std=0.5):
+    """The lecture's imshow: a normalised (3, H, W) tensor shown as the picture it was."""
+    fig, ax = plt.subplots(figsize=(3, 3))
+    pixels = (img.detach().cpu().float() * std + mean).clamp(0, 1)
+    ax.imshow(pixels.permute(1, 2, 0).numpy())
+    ax.set_title(title)
+    ax.axis("off")
+    return fig
+
+
+def plot_curves(panels, title=""):
+    """Runs compared per epoch, one panel per quantity: panels is a list of
+    (ylabel, {label: [value per epoch]}); a '%' in the ylabel fixes the axis to 0-100."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4),
+                             squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, (ylabel, curves) in zip(axes[0], panels):
+        longest = 1
+        for i, (label, values) in enumerate(curves.items()):
+            # each run its own colour, line style and marker: equal curves stay visible
+            ax.plot(range(1, len(values) + 1), values, ls=styles[i % 4], marker="os^vD"[i % 5],
+                    ms=4, color=f"C{i % 10}", alpha=0.85, label=label)
+            longest = max(longest, len(values))
+        ax.set(xlabel="epoch", ylabel=ylabel, xlim=(0.5, longest + 0.5))
+        if "%" in ylabel:
+            ax.set_ylim(0, 100)
+        elif "loss" in ylabel:
+            ax.set_ylim(bottom=0)  # no auto-zoom that makes 2.304 vs 2.316 look far apart
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(matrix, classes, title="confusion matrix (test)"):
+    """Test images per (true, predicted) class; the diagonal holds the correct ones."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    matrix = torch.as_tensor(matrix)
+    im = ax.imshow(matrix.numpy(), cmap="Blues")
+    n = len(classes)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    peak = matrix.max().item() or 1
+    for i in range(n):
+        for j in range(n):
+            value = matrix[i, j].item()
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                    color="white" if value > peak / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="test images")
+    return fig
+
+
+def unnormalize(x):
+    """Float image(s) in the lecture's normalisation back to [0, 1]."""
+    return (x * STD + MEAN).clamp(0, 1)
+
+
+# ============================================================================ What a layer sees and costs
+
+def receptive_field(layers):
+    """Input pixels one output pixel sees after a stack of (kernel, stride[, padding])
+    layers: each adds (k - 1) times the product of the strides before it."""
+    field, jump = 1, 1
+    for k, s, *_ in layers:
+        field += (k - 1) * jump
+        jump *= s
+    return field
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model, x):
+    """Multiply-adds of one forward pass on x, from torch's FLOP counter (which counts
+    2 FLOPs per multiply-add: convolutions and matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+# ============================================================================ Data
+
+def get_data(kind="auto", data_dir="./data", download=True, limit=None, log=print):
+    """The lecture's partition: train 40k / val 10k (split with seed 123) and test 10k.
+
+    kind: 'cifar10' (or DataError), 'synthetic', or 'auto': CIFAR-10, and the synthetic
+    set only when CIFAR-10 is absent and cannot be downloaded (said in the log). Returns
+    'train', 'val', 'test' as (uint8 images, labels), 'classes' and 'kind'.
+    """
+    if kind not in ("auto", "cifar10", "synthetic"):
+        raise ValueError(f"unknown data kind {kind!r}")
+    sets = None
+    if kind in ("auto", "cifar10"):
+        try:
+            sets = load_cifar10(data_dir, download=download)
+            found = "cifar10"
+        except DataMissing as err:
+            if kind == "cifar10":
+                raise
+            log(f"DATA: SYNTHETIC shapes, not CIFAR-10 ({err})")
+    if sets is None:
+        # with --limit, build only what is kept: 5 x limit training images (4:1 split)
+        n_train, n_test = (50000, 10000) if not limit else \
+            (min(50000, 5 * limit), min(10000, limit))
+        sets = make_synthetic(seed=SPLIT_SEED, n_train=n_train, n_test=n_test)
+        found = "synthetic"
+        if kind == "synthetic":
+            log("DATA: SYNTHETIC shapes (--data synthetic), not CIFAR-10")
+    x, y = sets["train"]
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_val = len(y) // 5  # 50,000 -> 40,000 train / 10,000 val, as in the lecture
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    partition = {"train": (x[train_idx], y[train_idx]),
+                 "val": (x[val_idx], y[val_idx]),
+                 "test": sets["test"],
+                 "classes": sets["classes"], "kind": found}
+    if limit:
+        for split in ("train", "val", "test"):
+            xs, ys = partition[split]
+            partition[split] = (xs[:limit], ys[:limit])
+    return partition
+
+
 CIFAR_FILE = "cifar-10-python.tar.gz"
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
-MIN_FREE_MB = 50  # a run writes a few MB; less free space than this fails before training
-
-# exit codes shared by the scripts
-EXIT_USAGE, EXIT_DIVERGED, EXIT_NOT_SAVED = 2, 3, 4
-
-
-class UsageError(Exception):
-    """Bad input the user can fix; the message is one line that says how (exit 2)."""
-
-
-class DataError(UsageError):
-    """The data set asked for cannot be read; the message says what to do."""
-
-
-class DataMissing(DataError):
-    """CIFAR-10 is not there and cannot be downloaded (the one case --data auto falls back)."""
-
-
-def or_exit(load, *args, **kwargs):
-    """load(*args, **kwargs); a UsageError becomes one 'error:' line and exit code 2."""
-    try:
-        return load(*args, **kwargs)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-# ----------------------------------------------------------------------------- device, precision
-
-def get_device(name="auto"):
-    """'auto' picks cuda, then mps (Apple GPU), then cpu; else cpu, cuda, cuda:N or mps."""
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = mps is not None and mps.is_available()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if mps_ok else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps") or \
-            (device.type != "cuda" and device.index not in (None, 0)):
-        raise UsageError(f"--device {name}: not supported here; use auto, cpu, cuda, cuda:N "
-                         f"or mps")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is visible; use --device auto or cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
-    if device.type == "mps" and not mps_ok:
-        raise UsageError("--device mps: no Apple GPU is visible; use --device auto or cpu")
-    return device if device.type == "cuda" else torch.device(device.type)  # mps:0 -> mps
-
-
-def device_or_exit(name):
-    """get_device from --device, or one line and exit 2 for a device that is not there."""
-    return or_exit(get_device, name)
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_has_bf16():
-    """oneDNN's own test for native bf16 (AVX512-BF16 or AMX); without it bf16 is emulated."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def choose_precision(device, enabled=True):
-    """The arithmetic that pays off on this device: 'bf16', 'fp16' or 'fp32'.
-
-    bf16 autocast where the hardware has it natively: CUDA GPUs of compute capability
-    >= 8.0 (A100, RTX 30xx/40xx, H100) and CPUs with AVX512-BF16/AMX. GPUs of capability
-    7.x with tensor cores (V100, T4, RTX 20xx) only emulate bf16 (slower than fp32), so
-    they get fp16 autocast with loss scaling. GTX 16xx (7.5 without tensor cores, known
-    for NaNs in fp16 convolutions), older GPUs, Apple MPS and other CPUs stay in fp32.
-    The capability is that of the selected GPU (--device cuda:1 asks GPU 1).
-    """
-    device = torch.device(device)
-    if not enabled:
-        return "fp32"
-    if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        if major >= 8:
-            return "bf16"
-        if major == 7 and "GTX 16" not in torch.cuda.get_device_name(device):
-            return "fp16"
-        return "fp32"
-    if device.type == "cpu" and cpu_has_bf16():
-        return "bf16"
-    return "fp32"
-
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-def make_scaler(device, precision):
-    """Loss scaling for fp16 (its small range underflows gradients); None otherwise."""
-    if precision != "fp16":
-        return None
-    return torch.amp.GradScaler(torch.device(device).type)
-
-
-def tf32_note(device):
-    """Whether the 'fp32' of a CUDA run is really TF32 (cuDNN's default on Ampere+)."""
-    device = torch.device(device)
-    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
-        return "no TF32 on this device"
-    return (f"TF32: convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, "
-            f"matmuls {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
-
-
-def synchronize(device):
-    """Wait for the device's queued work, so that a timer measures it."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def channels_last_helps(device):
-    """NHWC memory layout: faster convolutions on CUDA and on CPU (oneDNN), measured."""
-    return torch.device(device).type in ("cuda", "cpu")
-
-
-def to_device(model, device):
-    """The model on the device, in channels-last layout where that is faster."""
-    model = model.to(device)
-    if channels_last_helps(device):
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def set_seed(seed):
-    """Seed python, numpy and torch (all devices) so a run repeats."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def set_deterministic():
-    """Same seed, same numbers on CUDA too: deterministic cuDNN/cuBLAS kernels (slower)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def is_out_of_memory(err):
-    """A CUDA/MPS out-of-memory error, or the CPU allocator giving up."""
-    text = str(err)
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5
-    return (isinstance(err, (oom, MemoryError)) or "out of memory" in text
-            or "can't allocate memory" in text)
-
-
-# ----------------------------------------------------------------------------- signals, stdout
-
-_SIGNALS = {"first": None, "saving": False}
-
-
-def _on_signal(signum, frame):
-    """Ctrl-C (SIGINT), `kill`/`timeout` (SIGTERM) and a closed terminal (SIGHUP) stop the
-    work in progress once; any later signal waits until the results are saved."""
-    if _SIGNALS["first"] is None and not _SIGNALS["saving"]:
-        _SIGNALS["first"] = signum
-        raise KeyboardInterrupt
-    _SIGNALS["first"] = _SIGNALS["first"] or signum
-    print(f"({signal.Signals(signum).name} received: finishing the files first)",
-          file=sys.stderr)
-
-
-def install_signal_handlers():
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _on_signal)
-
-
-def stop_requested():
-    """The name of the first stop signal received ('SIGINT', ...), or None."""
-    first = _SIGNALS["first"]
-    return signal.Signals(first).name if first else None
-
-
-def interrupted_exit_code():
-    """128 + the signal number, as shells report it: 130 SIGINT, 143 SIGTERM, 129 SIGHUP."""
-    return 128 + (_SIGNALS["first"] or signal.SIGINT)
-
-
-@contextlib.contextmanager
-def saving():
-    """While results are written, a stop signal is noted but does not cut a file short."""
-    before = _SIGNALS["saving"]
-    _SIGNALS["saving"] = True
-    try:
-        yield
-    finally:
-        _SIGNALS["saving"] = before
-
-
-class _ClosedPipeSafe:
-    """sys.stdout that keeps working when its reader goes away (`... | head -1`): the
-    output goes to /dev/null from then on and the run finishes and saves."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text):
-        try:
-            return self._stream.write(text)
-        except (BrokenPipeError, ValueError):
-            self._to_devnull()
-            return len(text)
-
-    def flush(self):
-        try:
-            self._stream.flush()
-        except (BrokenPipeError, ValueError):
-            self._to_devnull()
-
-    def _to_devnull(self):
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
-        except (OSError, ValueError):
-            self._stream = open(os.devnull, "w")
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-def run(main):
-    """The scripts' entry point: main()'s return value is the exit code. Stop signals are
-    handled as Ctrl-C; one that arrives outside training exits 128 + signal number."""
-    install_signal_handlers()
-    sys.stdout = _ClosedPipeSafe(sys.stdout)
-    try:
-        code = main()
-    except KeyboardInterrupt:
-        print(f"stopped by {stop_requested() or 'SIGINT'}", file=sys.stderr)
-        code = interrupted_exit_code()
-    sys.stdout.flush()
-    sys.exit(code)
-
-
-# ----------------------------------------------------------------------------- arguments
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one, and a list default as plain values."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        default = action.default
-        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) \
-                or not action.option_strings:
-            return text
-        if isinstance(default, (list, tuple)):
-            default = " ".join(map(str, default))
-        return f"{text} (default: {str(default).replace('%', '%%')})"
-
-
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
-    return value
-
-
-def fraction(text):
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def seed_int(text):
-    """A seed numpy and torch both accept: 0 .. 2**32 - 1."""
-    value = int(text)
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {2 ** 32 - 1}, got {text}")
-    return value
-
-
-def add_data_args(parser, with_limit=True):
-    """The data options every script that reads CIFAR-10 shares."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data", choices=("auto", "cifar10", "synthetic"), default="auto",
-                       help="auto: CIFAR-10 from --data-dir, downloaded if absent; only when "
-                            "it is absent and cannot be downloaded, a labelled synthetic "
-                            "CIFAR-shaped set; cifar10: the real set or exit 2; synthetic: "
-                            "generated shapes, no files needed")
-    group.add_argument("--data-dir", default="./data",
-                       help="where CIFAR-10 is, or is downloaded to")
-    group.add_argument("--no-download", action="store_true",
-                       help="never reach the network; use only what is in --data-dir")
-    if with_limit:
-        group.add_argument("--limit", type=positive_int, default=None,
-                           help="use at most this many images per split (train, val, "
-                                "test) for a quick try; default: all")
-    return group
-
-
-def add_augment_amp_args(parser):
-    """--augment and --amp, which mean the same in every script that trains."""
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                        help="random crop (4-pixel padding) and horizontal flip per image")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                        help="mixed precision where it is native: bf16 on GPUs of compute "
-                             "capability >= 8.0 and CPUs with AVX512-BF16/AMX; fp16 with "
-                             "loss scaling on tensor-core GPUs of capability 7.x (V100, T4, "
-                             "RTX 20xx); fp32 elsewhere (GTX 16xx and older GPUs, Apple MPS, "
-                             "other CPUs)")
-
-
-def add_device_args(parser):
-    parser.add_argument("--device", default="auto",
-                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seed", type=seed_int, default=123,
-                        help="random seed (weights, data order, augmentation)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="bit-identical repeats on CUDA too (deterministic cuDNN "
-                             "kernels, slower); CPU runs repeat exactly without it")
-
-
-def add_output_args(parser, default_name=None, what="run"):
-    """--out-dir (and --exp-name where runs are named), --show."""
-    group = parser.add_argument_group("output")
-    group.add_argument("--out-dir", default="runs", help="folder for all outputs")
-    if default_name:
-        group.add_argument("--exp-name", default=default_name,
-                           help=f"{what} folder name under --out-dir; an existing folder is "
-                                "never replaced: the new run gets NAME-2, NAME-3, ...")
-    group.add_argument("--show", action="store_true",
-                       help="also open the figures in windows (they are always saved)")
-    return group
-
-
-# ----------------------------------------------------------------------------- data
-
-def _is_network_error(err):
-    return isinstance(err, (urllib.error.URLError, ConnectionError, TimeoutError,
-                            socket.timeout, http.client.HTTPException))
-
-
-def _download_cifar10(data_dir):
-    """Fetch the archive with torchvision's downloader (it checks the md5). Raises
-    DataMissing when the network cannot be reached; never leaves a partial archive."""
-    from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import download_url
-
-    archive = os.path.join(data_dir, CIFAR_FILE)
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(20)  # an offline machine should fail fast, not hang
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-        download_url(CIFAR10.url, data_dir, CIFAR_FILE, CIFAR10.tgz_md5)
-    except Exception as err:
-        if os.path.exists(archive):
-            os.remove(archive)
-        if _is_network_error(err):
-            raise DataMissing(f"CIFAR-10 is not in {data_dir} and could not be downloaded "
-                              f"({short_error(err)})") from None
-        raise DataError(f"downloading CIFAR-10 into {data_dir} failed "
-                        f"({short_error(err)}); run again, or put {CIFAR_FILE} from {CIFAR_URL} there, or use "
-                        f"--data synthetic") from None
-    finally:
-        socket.setdefaulttimeout(old_timeout)
-
-
-def _extract_cifar10(data_dir):
-    """Unpack the archive into a temporary folder, then rename it into place: a truncated
-    archive never leaves a half-extracted cifar-10-batches-py/ behind."""
-    archive = os.path.join(data_dir, CIFAR_FILE)
-    folder = os.path.join(data_dir, CIFAR_FOLDER)
-    tmp = tempfile.mkdtemp(dir=data_dir, prefix=".extract-")
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: no paths outside tmp
-                tar.extractall(tmp, filter="data")
-            else:
-                tar.extractall(tmp)
-        unpacked = os.path.join(tmp, CIFAR_FOLDER)
-        if not os.path.isdir(unpacked):
-            raise tarfile.ReadError(f"no {CIFAR_FOLDER}/ inside")
-        if os.path.isdir(folder):  # an unreadable earlier copy: replace it whole
-            shutil.rmtree(folder)
-        os.rename(unpacked, folder)
-    except Exception as err:
-        raise DataError(f"{archive} is truncated or corrupt ({short_error(err)}); delete it and "
-                        f"run again to download it anew, or put a complete copy there, or "
-                        f"use --data synthetic") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def short_error(err):
-    """An exception as one line: its type and the first line of its message."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no detail'}"
-
-
-def _read_cifar10(data_dir):
-    """The extracted batches through torchvision's reader, as uint8 (N, 3, 32, 32) tensors."""
-    import torchvision
-
-    raw = {}
-    try:
-        for split, is_train in (("train", True), ("test", False)):
-            ds = torchvision.datasets.CIFAR10(data_dir, train=is_train, download=False)
-            raw[split] = (ds.data, ds.targets)
-        classes = list(ds.classes)
-    except Exception as err:  # a missing or damaged batch file, a bad md5, a bad pickle
-        raise DataError(f"CIFAR-10 in {os.path.join(data_dir, CIFAR_FOLDER)} is incomplete "
-                        f"or corrupt ({short_error(err)}); delete that folder and run again to "
-                        f"download it anew, or use --data synthetic") from None
-    sets = {"classes": classes}
-    for split, (data, targets) in raw.items():
-        try:
-            x = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()
-            y = torch.as_tensor(np.asarray(targets, dtype=np.int64))
-        except Exception as err:  # e.g. "Numpy is not available": torch built for numpy 1
-            raise DataError(f"torch cannot read numpy arrays here ({short_error(err)}); install "
-                            f"matching versions: pip install -r requirements.txt") from None
-        if x.shape[1:] != (3, 32, 32) or len(x) != len(y) or len(x) == 0:
-            raise DataError(f"CIFAR-10 {split} images have shape {tuple(x.shape)} for "
-                            f"{len(y)} labels; delete {CIFAR_FOLDER}/ and download it anew")
-        if int(y.min()) < 0 or int(y.max()) >= len(classes):
-            raise DataError(f"CIFAR-10 {split} labels lie outside 0-{len(classes) - 1} "
-                            f"({int(y.min())}..{int(y.max())}); the files are corrupt: delete "
-                            f"{CIFAR_FOLDER}/ and download it anew")
-        sets[split] = (x, y)
-    return sets
 
 
 def load_cifar10(data_dir, download=True):
-    """CIFAR-10 as uint8 tensors (N, 3, 32, 32) and int64 labels.
-
-    Returns {'train': (x, y), 'test': (x, y), 'classes': [...]}. Raises DataMissing when the
-    set is absent and cannot be downloaded, DataError for anything else that is wrong
-    (corrupt or truncated files, a broken install); each message says what to do.
-    """
+    """CIFAR-10 as {'train': (x, y), 'test': (x, y), 'classes'}: uint8 (N, 3, 32, 32) and
+    int64 labels. DataMissing when absent and not downloadable, DataError otherwise."""
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     folder = os.path.join(data_dir, CIFAR_FOLDER)
     archive = os.path.join(data_dir, CIFAR_FILE)
+    for path in (data_dir, folder):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise DataError(f"{path} is a file, not a folder; give --data-dir a folder (or "
+                            f"remove that file), or use --data synthetic")
     if not os.path.isdir(folder):
         if not os.path.isfile(archive):
             if not download:
@@ -522,11 +411,23 @@ def load_cifar10(data_dir, download=True):
     return _read_cifar10(data_dir)
 
 
+def make_synthetic(seed=0, n_train=50000, n_test=10000):
+    """A CIFAR-shaped stand-in: 10 shape classes at random position, size and colour on a
+    random background with noise, so a classifier must be translation and colour invariant."""
+    try:
+        return _draw_synthetic(seed, n_train, n_test)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise DataError(f"not enough memory to build {n_train + n_test:,} synthetic images; "
+                        f"use --limit (e.g. --limit 5000)") from None
+
+
+SYNTHETIC_CLASSES = ("disk", "ring", "square", "frame", "triangle",
+                     "diamond", "plus", "cross", "h-stripes", "v-stripes")
+
+
 def _draw_synthetic(seed, n_train, n_test):
-    """A CIFAR-shaped stand-in: 10 shape classes drawn at random position, size and
-    colour on a random background with noise, so a classifier must be translation
-    and colour invariant. Returns the same structure as load_cifar10.
-    """
     gen = torch.Generator().manual_seed(seed)
     n = n_train + n_test
     labels = torch.arange(n) % 10
@@ -580,85 +481,10 @@ def _draw_synthetic(seed, n_train, n_test):
             "classes": list(SYNTHETIC_CLASSES)}
 
 
-def make_synthetic(seed=0, n_train=50000, n_test=10000):
-    """A CIFAR-shaped stand-in (see _draw_synthetic); DataError when memory runs out."""
-    try:
-        return _draw_synthetic(seed, n_train, n_test)
-    except (MemoryError, RuntimeError) as err:
-        if not is_out_of_memory(err):
-            raise
-        raise DataError(f"not enough memory to build {n_train + n_test:,} synthetic images; "
-                        f"use --limit (e.g. --limit 5000)") from None
-
-
-def get_data(kind="auto", data_dir="./data", download=True, limit=None, log=print):
-    """The lecture's partition: train 40k / val 10k (split with seed 123) and test 10k.
-
-    kind: 'cifar10' (or DataError), 'synthetic', or 'auto': CIFAR-10, and the synthetic
-    set only when CIFAR-10 is absent and cannot be downloaded (said in the log); any
-    other failure is an error under 'auto' too. Returns a dict with 'train', 'val',
-    'test' as (uint8 images, labels), 'classes' and 'kind' ('cifar10' or 'synthetic').
-    """
-    if kind not in ("auto", "cifar10", "synthetic"):
-        raise ValueError(f"unknown data kind {kind!r}")
-    sets = None
-    if kind in ("auto", "cifar10"):
-        try:
-            sets = load_cifar10(data_dir, download=download)
-            found = "cifar10"
-        except DataMissing as err:
-            if kind == "cifar10":
-                raise
-            log(f"DATA: SYNTHETIC shapes, not CIFAR-10 ({err})")
-    if sets is None:
-        # with --limit, build only what is kept: 5 x limit training images give the 4:1
-        # split below, limit test images
-        n_train, n_test = (50000, 10000) if not limit else \
-            (min(50000, 5 * limit), min(10000, limit))
-        sets = make_synthetic(seed=SPLIT_SEED, n_train=n_train, n_test=n_test)
-        found = "synthetic"
-        if kind == "synthetic":
-            log("DATA: SYNTHETIC shapes (--data synthetic), not CIFAR-10")
-    x, y = sets["train"]
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_val = len(y) // 5  # 50,000 -> 40,000 train / 10,000 val, as in the lecture
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    partition = {"train": (x[train_idx], y[train_idx]),
-                 "val": (x[val_idx], y[val_idx]),
-                 "test": sets["test"],
-                 "classes": sets["classes"], "kind": found}
-    if limit:
-        for split in ("train", "val", "test"):
-            xs, ys = partition[split]
-            partition[split] = (xs[:limit], ys[:limit])
-    return partition
-
-
-def data_or_exit(args, log=print):
-    """get_data from parsed options, or one line and exit 2."""
-    return or_exit(get_data, args.data, args.data_dir, download=not args.no_download,
-                   limit=args.limit, log=log)
-
-
-def add_image_args(parser):
-    """--image and the data options, for the scripts that work on one picture."""
-    parser.add_argument("--image", default=None,
-                        help="a picture of your own (any size; cropped square and resized "
-                             "to 32x32 like CIFAR-10); default: CIFAR-10 train image 4, "
-                             "the lecture's car, else a photo that ships with matplotlib")
-    group = add_data_args(parser, with_limit=False)
-    group.description = ("where the default picture comes from; here 'synthetic' means "
-                         "matplotlib's sample photo of Grace Hopper, no files needed")
-    add_output_args(parser)
-
-
 def load_image(path=None, data="auto", data_dir="./data", download=True, size=32):
-    """One RGB picture as a uint8 array (size, size, 3) and a line saying what it is.
-
-    path given: that file (DataError if unreadable). Else CIFAR-10 train image 4 (the
-    lecture's car) when data is not 'synthetic' and CIFAR-10 can be had; else the photo
-    of Grace Hopper that ships with matplotlib, so no network is ever needed.
-    """
+    """One RGB picture as a uint8 array (size, size, 3) and a line saying what it is: the
+    file at path, else CIFAR-10 train image 4 (the lecture's car), else matplotlib's
+    sample photo of Grace Hopper (no network needed)."""
     from PIL import Image
 
     if path is not None:
@@ -689,55 +515,11 @@ def load_image(path=None, data="auto", data_dir="./data", download=True, size=32
         f"matplotlib's sample photo grace_hopper.jpg ({why}), resized to {size}x{size}")
 
 
-def _to_rgb8(img):
-    """Any PIL image as 8-bit RGB; 16-bit (and 32-bit integer) grey is scaled, not clipped."""
-    from PIL import Image
-
-    if img.mode.startswith("I"):
-        a = np.asarray(img).astype(np.float64)
-        if img.mode.startswith("I;16") or a.max() > 255:
-            a = a / 257.0  # 0..65535 -> 0..255
-        img = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
-    return img.convert("RGB")
-
-
-def _square(img, size):
-    """Centre-crop to a square, resize to size x size, as a uint8 array (H, W, 3)."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((size, size), 3)  # bicubic
-    return np.asarray(img, dtype=np.uint8).copy()
-
-
-def image_or_exit(args):
-    """load_image from parsed options, or one line and exit 2."""
-    return or_exit(load_image, args.image, args.data, args.data_dir, not args.no_download)
-
-
 def to_tensor(array):
     """The lecture's transform: ToTensor() then Normalize(0.5, 0.5) -> (3, H, W) in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0)
     return normalize(x)[0]
 
-
-class Checks:
-    """Prints each 'check: ... OK/FAIL' line and counts failures for the exit code."""
-
-    def __init__(self):
-        self.failed = 0
-
-    def __call__(self, what, ok, detail=""):
-        self.failed += not ok
-        print(f"  check: {what}{': ' + detail if detail else ''} -> {'OK' if ok else 'FAIL'}")
-        return ok
-
-
-def section(title):
-    print(f"\n=== {title} " + "=" * max(3, 70 - len(title)))
-
-
-# ----------------------------------------------------------------------------- batches
 
 def normalize(x):
     """uint8 (B, 3, H, W) -> float in [-1, 1], the lecture's Normalize(0.5, 0.5)."""
@@ -754,15 +536,12 @@ def crop_flip_params(n, generator=None, pad=4):
 
 
 def augment(x, dy, dx, flip, pad=4):
-    """Random crop with `pad` zero pixels of padding and horizontal flip, per image of the
-    batch (B, C, H, W), with the offsets and flips of crop_flip_params (on x's device).
-
-    One gather does both: each image reads rows dy..dy+H and columns dx..dx+W of the
-    padded batch, the columns in reverse order when it is flipped.
-    """
+    """Random crop with `pad` zero pixels of padding and horizontal flip of each image of
+    a (B, C, H, W) batch, in one gather: image b reads rows dy..dy+H and columns dx..dx+W
+    of the padded batch, the columns reversed when it is flipped."""
     b, c, h, w = x.shape
     dev = x.device
-    padded = nn.functional.pad(x, (pad, pad, pad, pad))              # (B, C, H+2p, W+2p)
+    padded = F.pad(x, (pad, pad, pad, pad))                           # (B, C, H+2p, W+2p)
     ar_h = torch.arange(h, device=dev).view(1, h)
     ar_w = torch.arange(w, device=dev).view(1, w)
     rows = dy.view(b, 1) + ar_h                                       # (B, H)
@@ -773,12 +552,11 @@ def augment(x, dy, dx, flip, pad=4):
 
 
 class DeviceLoader:
-    """Batches of (inputs, labels) from uint8 images kept on the device.
+    """Batches of (inputs, labels), like a DataLoader, from uint8 images kept on the device.
 
-    The images move to the device once. Each epoch draws its order and augmentation on
-    a CPU generator (the same for every device and torch version, MPS included) and moves
-    that plan to the device in one copy; batches are then gathered, augmented and
-    normalised there. Like a DataLoader it has len() and yields (inputs, labels).
+    The images move once. Each epoch's order and augmentation are drawn on a CPU generator
+    (the same on every device) and moved in one copy; batches are gathered, augmented and
+    normalised on the device.
     """
 
     def __init__(self, images, labels, batch_size, device, shuffle=False, augment=False,
@@ -793,7 +571,7 @@ class DeviceLoader:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+        return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self):
         n, bs = len(self.labels), self.batch_size
@@ -834,185 +612,310 @@ def make_loaders(partition, device, train_batch_size=128, test_batch_size=256,
     return loaders
 
 
-# ----------------------------------------------------------------------------- the lecture's loop
-# train, validate, test and experiment use only torch, nn and the standard library: they
-# paste into a notebook. Mixed precision, loss scaling and a progress display are passed in.
+# ============================================================================ Device and precision
 
-def train(net, loader, optimizer, criterion, device, scheduler=None, amp_dtype=None,
-          scaler=None, clip_grad=None, aux_weight=0.3, progress=None):
-    """One epoch of training. Returns (mean loss, accuracy in %); the loss is NaN or inf
-    when training diverged.
-
-    The gradients are zeroed before every step (the lecture's notebook zeroed them once
-    per epoch, so they piled up over the whole epoch). amp_dtype: torch.bfloat16 or
-    torch.float16 for mixed precision (fp16 needs a GradScaler as scaler), None for fp32.
-    A model with auxiliary classifiers (GoogLeNet) returns (logits, aux_logits, ...) in
-    training; their losses add with weight aux_weight (0.3 in the paper).
-    progress(batch, n_batches, loss) is called after every step, if given.
-    """
-    device = torch.device(device)
-    net.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
-    for batch, (inputs, labels) in enumerate(loader, 1):
-        inputs, labels = inputs.to(device), labels.to(device)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
-                else contextlib.nullcontext():
-            outputs = net(inputs)
-            if isinstance(outputs, tuple):
-                outputs, *aux = outputs
-                loss = criterion(outputs, labels) + \
-                    aux_weight * sum(criterion(a, labels) for a in aux)
-            else:
-                loss = criterion(outputs, labels)
-        if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if clip_grad:
-            nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum += loss.detach().float() * len(labels)
-        correct += (outputs.argmax(1) == labels).sum()
-        count += len(labels)
-        if progress is not None:
-            progress(batch, len(loader), loss.detach())
-    return loss_sum.item() / count, 100.0 * correct.item() / count
-
-
-@torch.no_grad()
-def validate(net, loader, criterion, device, amp_dtype=None):
-    """Mean loss and accuracy in % without training."""
-    device = torch.device(device)
-    net.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
-    for inputs, labels in loader:
-        inputs, labels = inputs.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
-                else contextlib.nullcontext():
-            outputs = net(inputs)
-            loss = criterion(outputs, labels)
-        loss_sum += loss.float() * len(labels)
-        correct += (outputs.argmax(1) == labels).sum()
-        count += len(labels)
-    return loss_sum.item() / count, 100.0 * correct.item() / count
-
-
-@torch.no_grad()
-def test(net, loader, device, amp_dtype=None):
-    """Accuracy in % on the test set, and the confusion matrix counts[true, predicted]
-    (one pass over the data gives both)."""
-    device = torch.device(device)
-    net.eval()
-    matrix = None
-    for inputs, labels in loader:
-        inputs, labels = inputs.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype \
-                else contextlib.nullcontext():
-            outputs = net(inputs)
-        n = outputs.shape[1]
-        counts = torch.bincount(labels * n + outputs.argmax(1), minlength=n * n).view(n, n)
-        matrix = counts if matrix is None else matrix + counts
-    matrix = matrix.cpu()
-    return 100.0 * matrix.diag().sum().item() / matrix.sum().item(), matrix
-
-
-def experiment(net, loaders, settings, device, log=print, amp_dtype=None, scaler=None,
-               progress=None):
-    """Train for settings['epochs'], keep the weights of the best val epoch, test them once.
-
-    settings needs optim (SGD, RMSprop or Adam), lr, l2 (weight decay), epochs; momentum,
-    schedule (onecycle, cosine or none), label_smoothing and clip_grad are optional.
-    amp_dtype and scaler go to train(); progress(epoch, batch, n_batches, loss), if
-    given, is called after every step.
-    Returns (settings, result); result has the lecture's keys train_losses, val_losses,
-    train_accs, val_accs, train_acc, val_acc, test_acc, plus test_confusion, status
-    ('completed', 'diverged' or 'interrupted'), epoch_seconds and best_epoch. A NaN or
-    infinite loss (train or val) or Ctrl-C stops training; the epochs done are kept.
-    """
-    device = torch.device(device)
-    criterion = nn.CrossEntropyLoss(label_smoothing=settings.get("label_smoothing", 0.0))
-    lr, l2, momentum = settings["lr"], settings["l2"], settings.get("momentum", 0.0)
-    if settings["optim"] == "SGD":  # Nesterov momentum when there is momentum
-        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
-                                    weight_decay=l2, nesterov=momentum > 0)
-    elif settings["optim"] == "RMSprop":
-        optimizer = torch.optim.RMSprop(net.parameters(), lr=lr, momentum=momentum,
-                                        weight_decay=l2)
-    else:
-        optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=l2)
-    # onecycle: warm up for 20% of the steps, then fall linearly to 0; cosine: cosine
-    # decay to 0; none: a constant rate. Stepped after every batch.
-    steps, schedule = settings["epochs"] * len(loaders["train"]), settings.get("schedule")
-    scheduler = None
-    if schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=steps, pct_start=0.2, cycle_momentum=False,
-            anneal_strategy="linear")
-    elif schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    result = {"train_losses": [], "val_losses": [], "train_accs": [], "val_accs": [],
-              "train_acc": None, "val_acc": None, "test_acc": None, "test_confusion": None,
-              "epoch_seconds": [], "best_epoch": None, "status": "completed"}
-    best_state, best_acc = None, -1.0
+def get_device(name="auto"):
+    """'auto' picks cuda, then mps (Apple GPU), then cpu; else cpu, cuda, cuda:N or mps."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = mps is not None and mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_ok else "cpu")
     try:
-        for epoch in range(settings["epochs"]):
-            start = time.perf_counter()
-            train_loss, train_acc = train(
-                net, loaders["train"], optimizer, criterion, device, scheduler, amp_dtype,
-                scaler, settings.get("clip_grad"),
-                progress=progress and functools.partial(progress, epoch))
-            val_loss, val_acc = validate(net, loaders["val"], criterion, device, amp_dtype)
-            took = time.perf_counter() - start
-            for key, value in (("train_losses", round(train_loss, 4)),
-                               ("val_losses", round(val_loss, 4)),
-                               ("train_accs", round(train_acc, 2)),
-                               ("val_accs", round(val_acc, 2)),
-                               ("epoch_seconds", round(took, 2))):
-                result[key].append(value)
-            log(f"Epoch {epoch}, Acc(train/val): {train_acc:2.2f}/{val_acc:2.2f}, "
-                f"Loss(train/val) {train_loss:2.2f}/{val_loss:2.2f}. Took {took:2.2f} sec")
-            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                result["status"] = "diverged"
-                which = "training" if not math.isfinite(train_loss) else "validation"
-                log(f"stopped: the {which} loss became NaN or infinite in epoch {epoch} "
-                    f"with lr={settings['lr']:g}; try a smaller learning rate "
-                    f"(e.g. --lr {settings['lr'] / 10:g})")
-                break
-            if val_acc > best_acc:
-                best_acc = val_acc
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                result.update(best_epoch=epoch, train_acc=round(train_acc, 2),
-                              val_acc=round(val_acc, 2))
-        if best_state is not None:
-            net.load_state_dict(best_state)
-            test_acc, matrix = test(net, loaders["test"], device, amp_dtype)
-            result.update(test_acc=round(test_acc, 2), test_confusion=matrix.tolist())
-    except KeyboardInterrupt:
-        result["status"] = "interrupted"
-        log(f"stopped after {len(result['train_losses'])} finished epoch(s); saving them")
-        if best_state is not None:
-            net.load_state_dict(best_state)
-    return settings, result
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps") or \
+            (device.type != "cuda" and device.index not in (None, 0)):
+        raise UsageError(f"--device {name}: not supported here; use auto, cpu, cuda, cuda:N "
+                         f"or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible; use --device auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    if device.type == "mps" and not mps_ok:
+        raise UsageError("--device mps: no Apple GPU is visible; use --device auto or cpu")
+    return device if device.type == "cuda" else torch.device(device.type)  # mps:0 -> mps
 
 
-# ----------------------------------------------------------------------------- progress, fit
+def choose_precision(device, enabled=True):
+    """'bf16', 'fp16' or 'fp32': the arithmetic this device runs natively (README,
+    "Precision and hardware", says which devices get which and why)."""
+    device = torch.device(device)
+    if not enabled:
+        return "fp32"
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return "bf16"
+        if major == 7 and "GTX 16" not in torch.cuda.get_device_name(device):
+            return "fp16"  # tensor cores; GTX 16xx has none and NaNs in fp16 convs
+        return "fp32"
+    if device.type == "cpu" and cpu_has_bf16():
+        return "bf16"
+    return "fp32"
 
-def _clock(seconds):
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def cpu_has_bf16():
+    """oneDNN's own test for native bf16 (AVX512-BF16 or AMX); without it bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def channels_last_helps(device):
+    """NHWC memory layout: faster convolutions on CUDA and on CPU (oneDNN), measured."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
+def to_device(model, device):
+    """The model on the device, in channels-last layout where that is faster."""
+    model = model.to(device)
+    if channels_last_helps(device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def set_seed(seed):
+    """Seed python, numpy and torch (all devices) so a run repeats."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def synchronize(device):
+    """Wait for the device's queued work, so that a timer measures it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def tf32_note(device):
+    """Whether the 'fp32' of a CUDA run is really TF32 (cuDNN's default on Ampere+)."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return "no TF32 on this device"
+    return (f"TF32: convolutions {'on' if torch.backends.cudnn.allow_tf32 else 'off'}, "
+            f"matmuls {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's model and whether it has native bf16."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    model = model or platform.processor() or "CPU"
+    return f"{model}, {os.cpu_count()} cores, native bf16 {'yes' if cpu_has_bf16() else 'no'}"
+
+
+def is_out_of_memory(err):
+    """A CUDA/MPS out-of-memory error, or the CPU allocator giving up."""
+    text = str(err)
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5
+    return (isinstance(err, (oom, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
+# ############################################################################
+# PLUMBING: what a robust command-line tool adds. A student need not read below.
+# ############################################################################
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_NOT_SAVED = 2, 3, 4  # README, "Exit codes"
+MIN_FREE_MB = 50  # a run writes a few MB; less free space than this fails before training
+
+
+class UsageError(Exception):
+    """Bad input the user can fix; the message is one line that says how (exit 2)."""
+
+
+class DataError(UsageError):
+    """The data set asked for cannot be read; the message says what to do."""
+
+
+class DataMissing(DataError):
+    """CIFAR-10 is not there and cannot be downloaded (the one case --data auto falls back)."""
+
+
+def or_exit(call, *args, **kwargs):
+    """call(*args, **kwargs); a UsageError becomes one 'error:' line and exit code 2."""
+    try:
+        return call(*args, **kwargs)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def short_error(err):
+    """An exception as one line: its type and the first line of its message."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no detail'}"
+
+
+# ---------------------------------------------------------------------------- start-up
+
+def start(args, names=()):
+    """What every script does first: figure windows, determinism, device, out-dir check,
+    precision, seed. Returns (device, precision); bad input exits 2 with one line."""
+    if args.show:
+        enable_show()
+    if getattr(args, "deterministic", False):
+        set_deterministic()
+    device = or_exit(get_device, getattr(args, "device", "cpu"))
+    if names is not None:
+        or_exit(check_out_dir, args.out_dir, names)
+    precision = choose_precision(device, getattr(args, "amp", False))
+    set_seed(getattr(args, "seed", 0))
+    return device, precision
+
+
+def load_data(args, log=print):
+    """get_data from parsed options, or one line and exit 2."""
+    return or_exit(get_data, args.data, args.data_dir, download=not args.no_download,
+                   limit=args.limit, log=log)
+
+
+def load_picture(args):
+    """load_image from parsed options, or one line and exit 2."""
+    return or_exit(load_image, args.image, args.data, args.data_dir, not args.no_download)
+
+
+def set_deterministic():
+    """Same seed, same numbers on CUDA too: deterministic cuDNN/cuBLAS kernels (slower)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# ---------------------------------------------------------------------------- one run: train and save
+
+def train_runs(runs, partition, device, out_dir, show=False):
+    """Train each run and save it in a new folder OUT_DIR/NAME: result.json, loss.png,
+    accuracy.png, confusion.png and the run's own files. A run is a dict: name, build (a
+    constructor), settings (experiment's, plus seed, augment, train_batch_size and
+    test_batch_size), and optionally jobs(net, settings, result, folder, loaders) -> [(path,
+    write)]
+    and row (extra numbers for its row). Returns (rows, exit status): stops at Ctrl-C or
+    out of memory; a diverged run is kept and gives exit 3."""
+    tag = data_tag(partition["kind"])
+    rows, status = [], 0
+    for run in runs:
+        name, settings = run["name"], run["settings"]
+        set_seed(settings["seed"])  # every run: the same init order and data order
+        net = to_device(run["build"](), device)
+        loaders = make_loaders(partition, device, settings["train_batch_size"],
+                               settings["test_batch_size"], settings["augment"],
+                               settings["seed"])
+        folder = reserve(os.path.join(out_dir, name), folder=True)
+        print(f"== {os.path.basename(folder)}: {count_params(net):,} params, "
+              f"{settings['optim']} lr {settings['lr']:g}, l2 {settings['l2']:g}"
+              f"{', act ' + settings['act'] if 'act' in settings else ''}, "
+              f"{epochs_text(settings['epochs'])} -> {folder}")
+        progress = Progress(settings["epochs"])
+        try:
+            settings, result = experiment(net, loaders, settings, device, log=progress.log,
+                                          amp_dtype=AMP_DTYPES[settings["precision"]],
+                                          progress=progress)
+        except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError too
+            if not is_out_of_memory(err):
+                raise
+            progress.clear()
+            print(f"error: out of memory on {device} training {name}; try a smaller "
+                  f"{run.get('batch_option', '--batch-size')} (runs finished before this "
+                  f"one are saved)", file=sys.stderr)
+            if not os.listdir(folder):
+                os.rmdir(folder)
+            return rows, 1
+        secs = result["epoch_seconds"]
+        row = {"model": name, "lr": settings["lr"], "l2": settings["l2"],
+               "params": count_params(net), "val_acc": result["val_acc"],
+               "test_acc": result["test_acc"],
+               "seconds_per_epoch": round(sum(secs) / len(secs), 2) if secs else None,
+               "status": result["status"], "folder": folder, **run.get("row", {})}
+        per_class = None
+        if result["test_confusion"] is not None:
+            matrix = torch.tensor(result["test_confusion"])
+            per_class = {c: round(100.0 * matrix[i, i].item() / max(1, matrix[i].sum().item()), 2)
+                         for i, c in enumerate(partition["classes"])}
+            print("per-class test accuracy: " +
+                  ", ".join(f"{c} {a:.1f}%" for c, a in per_class.items()))
+        record = {"settings": settings, "result": result, "status": result["status"],
+                  "stopped_by": stop_requested() if result["status"] == "interrupted" else None,
+                  "data": partition["kind"], "per_class_test_acc": per_class,
+                  **environment(device, settings["precision"]), **row}
+        label = os.path.basename(folder)
+        jobs = [(os.path.join(folder, "result.json"), lambda p: save_json(record, p)),
+                (os.path.join(folder, "loss.png"), lambda p: save_figure(
+                    plot_loss_variation(result, f"{label}: loss{tag}"), p, show)),
+                (os.path.join(folder, "accuracy.png"), lambda p: save_figure(
+                    plot_acc_variation(result, f"{label}: accuracy{tag}"), p, show))]
+        if result["test_confusion"] is not None:
+            jobs.append((os.path.join(folder, "confusion.png"), lambda p: save_figure(
+                plot_confusion(result["test_confusion"], partition["classes"],
+                               f"{label}: confusion matrix (test){tag}"), p, show)))
+        if "jobs" in run:
+            jobs += run["jobs"](net, settings, result, folder, loaders)
+        accs = ", ".join(f"{k} acc {result[k + '_acc']:.2f}%" for k in ("val", "test")
+                         if result[k + "_acc"] is not None)
+        saved = save(jobs, folder, quiet=True)
+        if saved == 0:
+            print(f"{label}: {result['status']}{', ' + accs if accs else ''}; saved in {folder}")
+        status = status or saved
+        rows.append(dict(row, result=result, settings=settings))
+        if result["status"] == "interrupted" or stop_requested():
+            print(f"stopped by {stop_requested() or 'SIGINT'}; the finished epochs are saved",
+                  file=sys.stderr)
+            return rows, interrupted_exit_code()
+        if result["status"] == "diverged":
+            print(f"error: {label} diverged (NaN or infinite loss); try a smaller learning "
+                  f"rate (e.g. --lr {settings['lr'] / 10:g})", file=sys.stderr)
+            status = status or EXIT_DIVERGED
+    return rows, status
+
+
+def environment(device, precision):
+    """Where and when a result was measured: device, precision, torch, date."""
+    return {"device": str(device), "device_name": device_name(device), "precision": precision,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def data_tag(kind):
+    """The mark every title and table of a synthetic-data run carries."""
+    return " [SYNTHETIC DATA]" if kind == "synthetic" else ""
+
+
+def epochs_text(n):
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def first_epoch(values, reached):
+    """The epoch (counted from 1) of the first value for which reached(value), or None."""
+    return next((i for i, v in enumerate(values, 1) if reached(v)), None)
+
+
+def print_table(rows, columns):
+    """rows as a table; columns: [(header, key, format spec)], None shown as '-'."""
+    widths = [max(len(h), 8) for h, _, _ in columns]
+    print("\n" + " ".join(f"{h:>{w}s}" for (h, _, _), w in zip(columns, widths)))
+    for r in rows:
+        cells = ["-" if r.get(k) is None else format(r[k], spec) for _, k, spec in columns]
+        print(" ".join(f"{c:>{w}s}" for c, w in zip(cells, widths)))
 
 
 class Progress:
@@ -1049,10 +952,11 @@ class Progress:
         spent = now - self.epoch_start
         epoch_total = spent / batch * n_batches
         done = now - self.run_start - spent  # earlier epochs, with their validation
-        per_epoch = done / epoch if epoch else epoch_total
-        left = epoch_total - spent + per_epoch * (self.epochs - epoch - 1)
-        text = (f"  epoch {epoch + 1}/{self.epochs}: batch {batch}/{n_batches}, loss "
-                f"{running_loss:.3f}, {_clock(spent)} spent, run ~{_clock(left)} left")
+        per_epoch = done / (epoch - 1) if epoch > 1 else epoch_total
+        left = epoch_total - spent + per_epoch * (self.epochs - epoch)
+        clock = [str(datetime.timedelta(seconds=int(max(0, t)))) for t in (spent, left)]
+        text = (f"  epoch {epoch}/{self.epochs}: batch {batch}/{n_batches}, loss "
+                f"{running_loss:.3f}, {clock[0]} spent, run ~{clock[1]} left")
         if self.tty:
             self.stream.write("\r" + text.ljust(self.WIDTH))
             self.stream.flush()
@@ -1071,32 +975,329 @@ class Progress:
         self.inner_log(text)
 
 
-def fit(net, loaders, settings, device, folder, batch_option, log=print):
-    """experiment() as the scripts run it: the precision in settings['precision'] (with
-    loss scaling for fp16) and a progress line inside every epoch. Out of memory: one
-    line naming batch_option, the run's (empty) folder removed, and None."""
-    precision = settings.get("precision", "fp32")
-    progress = Progress(settings["epochs"], log=log)
-    try:
-        return experiment(net, loaders, settings, device, log=progress.log,
-                          amp_dtype=AMP_DTYPES[precision],
-                          scaler=make_scaler(device, precision), progress=progress)
-    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
-        if not is_out_of_memory(err):
-            raise
-    progress.clear()
-    print(f"error: out of memory on {device} training {settings.get('model', 'the model')}; "
-          f"try a smaller {batch_option} (runs finished before this one are saved)",
+# ---------------------------------------------------------------------------- command-line options
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one, and a list default as plain values."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) \
+                or not action.option_strings:
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+def number(cast, low=None, high=None, above=None, what=None):
+    """An argparse type: cast(text), refused with one line outside [low, high] or <= above."""
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+        if not (math.isfinite(value) and (low is None or value >= low)
+                and (high is None or value <= high) and (above is None or value > above)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
+
+
+positive_int = number(int, above=0, what="a positive integer")
+positive_float = number(float, above=0, what="a positive number")
+non_negative_float = number(float, low=0, what="zero or positive")
+fraction = number(float, low=0, high=1, what="between 0 and 1")
+seed_int = number(int, low=0, high=2 ** 32 - 1, what=f"between 0 and {2 ** 32 - 1}")
+
+
+def add_data_args(parser, with_limit=True):
+    """The data options every script that reads CIFAR-10 shares."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", choices=("auto", "cifar10", "synthetic"), default="auto",
+                       help="auto: CIFAR-10 from --data-dir, downloaded if absent; only when "
+                            "it is absent and cannot be downloaded, a labelled synthetic "
+                            "CIFAR-shaped set; cifar10: the real set or exit 2; synthetic: "
+                            "generated shapes, no files needed")
+    group.add_argument("--data-dir", default="./data",
+                       help="where CIFAR-10 is, or is downloaded to")
+    group.add_argument("--no-download", action="store_true",
+                       help="never reach the network; use only what is in --data-dir")
+    if with_limit:
+        group.add_argument("--limit", type=positive_int, default=None,
+                           help="use at most this many images per split (train, val, "
+                                "test) for a quick try; default: all")
+    return group
+
+
+def add_image_args(parser):
+    """--image, where the default picture comes from, --out-dir and --show (01 and 02)."""
+    parser.add_argument("--image", default=None,
+                        help="a picture of your own (any size; cropped square and resized "
+                             "to 32x32 like CIFAR-10); default: CIFAR-10 train image 4, "
+                             "the lecture's car, else a photo that ships with matplotlib")
+    group = parser.add_argument_group("data", "where the default picture comes from")
+    group.add_argument("--data", choices=("auto", "cifar10", "synthetic"), default="auto",
+                       help="auto: CIFAR-10 train image 4 from --data-dir, downloaded if "
+                            "absent, else matplotlib's sample photo of Grace Hopper; cifar10: "
+                            "that image or exit 2; synthetic: the sample photo, no files "
+                            "needed")
+    group.add_argument("--data-dir", default="./data",
+                       help="where CIFAR-10 is, or is downloaded to")
+    group.add_argument("--no-download", action="store_true",
+                       help="never reach the network; use only what is in --data-dir")
+    add_output_args(parser)
+
+
+def add_training_args(parser):
+    """--augment, --amp and the device options, which mean the same in 03 and 04."""
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                        help="random crop (4-pixel padding) and horizontal flip per image")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="mixed precision where it is native: bf16 on GPUs of compute "
+                             "capability >= 8.0 and CPUs with AVX512-BF16/AMX; fp16 with "
+                             "loss scaling on tensor-core GPUs of capability 7.x (V100, T4, "
+                             "RTX 20xx); fp32 elsewhere (GTX 16xx and older GPUs, Apple MPS, "
+                             "other CPUs)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--seed", type=seed_int, default=123,
+                        help="random seed (weights, data order, augmentation)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="bit-identical repeats on CUDA too (deterministic cuDNN "
+                             "kernels, slower); CPU runs repeat exactly without it")
+
+
+def add_output_args(parser, default_name=None, what="run"):
+    """--out-dir (and --exp-name where runs are named), --show."""
+    group = parser.add_argument_group("output")
+    group.add_argument("--out-dir", default="runs", help="folder for all outputs")
+    if default_name:
+        group.add_argument("--exp-name", default=default_name,
+                           help=f"{what} folder name under --out-dir; an existing folder is "
+                                "never replaced: the new run gets NAME-2, NAME-3, ...")
+    group.add_argument("--show", action="store_true",
+                       help="also open the figures in windows (they are always saved)")
+    return group
+
+
+# ---------------------------------------------------------------------------- signals, output streams
+
+_SIGNALS = {"first": None, "held": False}
+
+
+def _on_signal(signum, frame):
+    """Ctrl-C (SIGINT), `kill`/`timeout` (SIGTERM) and a closed terminal (SIGHUP) stop the
+    work in progress once; a signal while files are written waits until they are."""
+    if _SIGNALS["first"] is None and not _SIGNALS["held"]:
+        _SIGNALS["first"] = signum
+        raise KeyboardInterrupt
+    _SIGNALS["first"] = _SIGNALS["first"] or signum
+    print(f"({signal.Signals(signum).name} received: finishing the files first)",
           file=sys.stderr)
-    if not os.listdir(folder):
-        os.rmdir(folder)
-    return None
 
 
-# ----------------------------------------------------------------------------- output folders, files
+class signals_held:
+    """While results are written, a stop signal is noted but does not cut a file short."""
+
+    def __enter__(self):
+        self.before, _SIGNALS["held"] = _SIGNALS["held"], True
+
+    def __exit__(self, *exc):
+        _SIGNALS["held"] = self.before
+
+
+def stop_requested():
+    """The name of the first stop signal received ('SIGINT', ...), or None."""
+    first = _SIGNALS["first"]
+    return signal.Signals(first).name if first else None
+
+
+def interrupted_exit_code():
+    """128 + the signal number, as shells report it: 130 SIGINT, 143 SIGTERM, 129 SIGHUP."""
+    return 128 + (_SIGNALS["first"] or signal.SIGINT)
+
+
+class _SafeStream:
+    """sys.stdout or sys.stderr that keeps working when its reader goes away (`| head -1`),
+    the disk is full (/dev/full) or it was closed (`>&-`): the text goes to /dev/null."""
+
+    def __init__(self, stream):
+        self._stream = stream if stream is not None else open(os.devnull, "w")
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            self._to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._to_devnull()
+
+    def _to_devnull(self):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):
+            self._stream = open(os.devnull, "w")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def launch(main):
+    """The scripts' entry point: main()'s return value is the exit code. Stop signals are
+    handled as Ctrl-C; one that arrives outside training exits 128 + signal number."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _on_signal)
+    sys.stdout, sys.stderr = _SafeStream(sys.stdout), _SafeStream(sys.stderr)
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"stopped by {stop_requested() or 'SIGINT'}", file=sys.stderr)
+        code = interrupted_exit_code()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------------- data files
+
+def _download_cifar10(data_dir):
+    """Fetch the archive with torchvision's downloader (it checks the md5). DataMissing when
+    the network cannot be reached; never leaves a partial archive."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_url
+
+    archive = os.path.join(data_dir, CIFAR_FILE)
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)  # an offline machine should fail fast, not hang
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        download_url(CIFAR10.url, data_dir, CIFAR_FILE, CIFAR10.tgz_md5)
+    except Exception as err:
+        if os.path.exists(archive):
+            os.remove(archive)
+        if isinstance(err, (urllib.error.URLError, ConnectionError, TimeoutError,
+                            socket.timeout, http.client.HTTPException)):
+            raise DataMissing(f"CIFAR-10 is not in {data_dir} and could not be downloaded "
+                              f"({short_error(err)})") from None
+        raise DataError(f"downloading CIFAR-10 into {data_dir} failed ({short_error(err)}); "
+                        f"run again, or put {CIFAR_FILE} from {CIFAR_URL} there, or use "
+                        f"--data synthetic") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def _extract_cifar10(data_dir):
+    """Unpack the archive into a temporary folder, then rename it into place: a truncated
+    archive never leaves a half-extracted cifar-10-batches-py/ behind."""
+    archive = os.path.join(data_dir, CIFAR_FILE)
+    folder = os.path.join(data_dir, CIFAR_FOLDER)
+    tmp = None
+    try:
+        tmp = tempfile.mkdtemp(dir=data_dir, prefix=".extract-")
+        with tarfile.open(archive, "r:gz") as tar:
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: no paths outside tmp
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)
+        unpacked = os.path.join(tmp, CIFAR_FOLDER)
+        if not os.path.isdir(unpacked):
+            raise tarfile.ReadError(f"no {CIFAR_FOLDER}/ inside")
+        if os.path.isdir(folder):  # an unreadable earlier copy: replace it whole
+            shutil.rmtree(folder)
+        os.rename(unpacked, folder)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DataError(f"the disk of {data_dir} is full while unpacking {CIFAR_FILE} "
+                            f"(about 180 MB needed); free some space and run again (the "
+                            f"archive is kept)") from None
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise DataError(f"cannot unpack {CIFAR_FILE} in {data_dir} ({err.strerror}); "
+                            f"copy the archive to a writable folder and give it as "
+                            f"--data-dir") from None
+        raise _corrupt_archive(archive, err) from None
+    except Exception as err:
+        raise _corrupt_archive(archive, err) from None
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _corrupt_archive(archive, err):
+    return DataError(f"{archive} is truncated or corrupt ({short_error(err)}); delete it and "
+                     f"run again to download it anew, or put a complete copy there, or use "
+                     f"--data synthetic")
+
+
+def _read_cifar10(data_dir):
+    """The extracted batches through torchvision's reader, as uint8 (N, 3, 32, 32) tensors."""
+    import torchvision
+
+    folder = os.path.join(data_dir, CIFAR_FOLDER)
+    raw = {}
+    try:
+        for split, is_train in (("train", True), ("test", False)):
+            ds = torchvision.datasets.CIFAR10(data_dir, train=is_train, download=False)
+            raw[split] = (ds.data, ds.targets)
+        classes = list(ds.classes)
+    except Exception as err:  # a missing or damaged batch file, a bad md5, a bad pickle
+        detail = "files missing or damaged" if "download=True" in str(err) \
+            else short_error(err)  # torchvision's own advice names its API, not our options
+        raise DataError(f"CIFAR-10 in {folder} is incomplete or corrupt ({detail}); delete "
+                        f"that folder and run again to download it anew, give another "
+                        f"--data-dir, or use --data synthetic") from None
+    sets = {"classes": classes}
+    for split, (data, targets) in raw.items():
+        try:
+            x = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()
+            y = torch.as_tensor(np.asarray(targets, dtype=np.int64))
+        except Exception as err:  # e.g. "Numpy is not available": torch built for numpy 1
+            raise DataError(f"torch cannot read numpy arrays here ({short_error(err)}); install "
+                            f"matching versions: pip install -r requirements.txt") from None
+        if x.shape[1:] != (3, 32, 32) or len(x) != len(y) or len(x) == 0:
+            raise DataError(f"CIFAR-10 {split} images have shape {tuple(x.shape)} for "
+                            f"{len(y)} labels; delete {folder} and download it anew")
+        if int(y.min()) < 0 or int(y.max()) >= len(classes):
+            raise DataError(f"CIFAR-10 {split} labels lie outside 0-{len(classes) - 1} "
+                            f"({int(y.min())}..{int(y.max())}); the files are corrupt: delete "
+                            f"{folder} and download it anew")
+        sets[split] = (x, y)
+    return sets
+
+
+def _to_rgb8(img):
+    """Any PIL image as 8-bit RGB; 16-bit (and 32-bit integer) grey is scaled, not clipped."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):
+        a = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or a.max() > 255:
+            a = a / 257.0  # 0..65535 -> 0..255
+        img = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
+def _square(img, size):
+    """Centre-crop to a square, resize to size x size, as a uint8 array (H, W, 3)."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side)).resize((size, size), 3)  # bicubic
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+# ---------------------------------------------------------------------------- output files
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+STALE_TMP_SECONDS = 600  # a temp file of ours older than this was left by a killed run
 
 
 def check_out_dir(out_dir, names=()):
@@ -1125,18 +1326,30 @@ def check_out_dir(out_dir, names=()):
                          f"free at least {MIN_FREE_MB} MB or give another folder")
 
 
-def claim_run_dir(out_dir, name):
-    """A new, empty folder OUT_DIR/NAME for one run; when that exists (an earlier run, or
-    one running now), NAME-2, NAME-3, ... Creating it is atomic, so two runs never share."""
-    base = os.path.join(out_dir, name)
-    path, n = base, 1
+def reserve(path, folder=False, also=()):
+    """A path nobody uses yet, created empty (a folder or a file): path itself, else
+    path-2, path-3, ... before the extension. Atomic, so two runs never share one. With
+    `also` (names of files that go with it), returns [path, *also] with one suffix."""
+    parent = os.path.dirname(path) or "."
+    names = [os.path.splitext(name) for name in also]
+    stem, ext = (path, "") if folder else os.path.splitext(path)
+    n = 1
     while True:
+        suffix = f"-{n}" if n > 1 else ""
+        candidate = f"{stem}{suffix}{ext}"
+        others = [os.path.join(parent, f"{s}{suffix}{e}") for s, e in names]
+        n += 1
+        if any(os.path.exists(p) for p in others):
+            continue
         try:
-            os.makedirs(path)
-            return path
+            if folder:
+                os.makedirs(candidate)
+            else:
+                os.makedirs(parent, exist_ok=True)
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:
-            n += 1
-            path = f"{base}-{n}"
+            continue
+        return [candidate, *others] if also else candidate
 
 
 def _atomic(path, write, mode="w"):
@@ -1144,6 +1357,7 @@ def _atomic(path, write, mode="w"):
     file gets the usual permissions (0644 under the common umask 022)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    _remove_stale_tmp(folder)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
         with os.fdopen(fd, mode) as f:
@@ -1155,6 +1369,17 @@ def _atomic(path, write, mode="w"):
             os.remove(tmp)
         raise
     return path
+
+
+def _remove_stale_tmp(folder):
+    """Temp files of ours that a killed run (SIGKILL while saving) left behind."""
+    now = time.time()
+    for entry in os.scandir(folder):
+        try:
+            if entry.name.startswith(".tmp-") and now - entry.stat().st_mtime > STALE_TMP_SECONDS:
+                os.remove(entry.path)
+        except OSError:
+            pass
 
 
 def json_safe(obj):
@@ -1174,6 +1399,10 @@ def save_json(obj, path):
     return _atomic(path, lambda f: json.dump(json_safe(obj), f, indent=2, allow_nan=False))
 
 
+def save_torch(obj, path):
+    return _atomic(path, lambda f: torch.save(obj, f), mode="wb")
+
+
 NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
 
@@ -1189,34 +1418,24 @@ def save_figure(fig, path, show=False):
     return path
 
 
-def save_all(jobs):
-    """Run every (path, write) job even when some fail (a full disk); returns the failures
-    as 'name (reason)' strings."""
+def save(jobs, folder, quiet=False):
+    """Run every (path, write) job with stop signals held, even when some fail (a full
+    disk). Prints what was saved, or one line naming what could not be; returns 0 or
+    EXIT_NOT_SAVED."""
     missing = []
-    for path, write in jobs:
-        try:
-            write(path)
-        except OSError as err:
-            missing.append(f"{os.path.basename(path)} ({err.strerror or err})")
-    return missing
-
-
-def save_outputs(jobs, folder):
-    """Run the save jobs with stop signals held back; print what was saved, or one line
-    naming what could not be. Returns 0 or EXIT_NOT_SAVED."""
-    with saving():
-        missing = save_all(jobs)
+    with signals_held():
+        for path, write in jobs:
+            try:
+                write(path)
+            except OSError as err:
+                missing.append(f"{os.path.basename(path)} ({err.strerror or err})")
     if missing:
-        return report_missing(folder, missing)
-    print(f"saved {', '.join(path for path, _ in jobs)}")
+        print(f"error: could not save {', '.join(missing)} in {folder}; free some disk "
+              f"space and run again (the other files were saved)", file=sys.stderr)
+        return EXIT_NOT_SAVED
+    if not quiet:
+        print(f"saved {', '.join(path for path, _ in jobs)}")
     return 0
-
-
-def report_missing(folder, missing):
-    """One line for files that could not be written; the exit code for it."""
-    print(f"error: could not save {', '.join(missing)} in {folder}; free some disk space "
-          f"and run again (the files listed before were saved)", file=sys.stderr)
-    return EXIT_NOT_SAVED
 
 
 def enable_show():
@@ -1232,143 +1451,19 @@ def enable_show():
     return True
 
 
-def save_torch(obj, path):
-    return _atomic(path, lambda f: torch.save(obj, f), mode="wb")
+# ---------------------------------------------------------------------------- printed checks
+
+class Checks:
+    """Prints each 'check: ... OK/FAIL' line and counts failures for the exit code."""
+
+    def __init__(self):
+        self.failed = 0
+
+    def __call__(self, what, ok, detail=""):
+        self.failed += not ok
+        print(f"  check: {what}{': ' + detail if detail else ''} -> {'OK' if ok else 'FAIL'}")
+        return ok
 
 
-def run_record(settings, result, device, data_kind, **extra):
-    """What result.json holds for one training run: settings, curves, where and when."""
-    secs = result["epoch_seconds"]
-    return {"settings": settings, "result": result, "status": result["status"],
-            "stopped_by": stop_requested() if result["status"] == "interrupted" else None,
-            "device": str(device), "device_name": device_name(device),
-            "precision": settings.get("precision"), "data": data_kind,
-            "seconds_per_epoch": round(sum(secs) / len(secs), 2) if secs else None,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **extra}
-
-
-def device_name(device):
-    """The GPU's name, or the CPU's model and whether it has native bf16."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple GPU (MPS)"
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), "")
-    except OSError:
-        pass
-    model = model or platform.processor() or "CPU"
-    return f"{model}, {os.cpu_count()} cores, native bf16 {'yes' if cpu_has_bf16() else 'no'}"
-
-
-def claim_path(path):
-    """path, or path with -2, -3, ... before the extension when it exists already."""
-    stem, ext = os.path.splitext(path)
-    candidate, n = path, 1
-    while True:
-        try:
-            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = f"{stem}-{n}{ext}"
-
-
-def epochs_text(n):
-    return f"{n} epoch{'' if n == 1 else 's'}"
-
-
-# ----------------------------------------------------------------------------- plots
-# plot_loss_variation, plot_acc_variation and imshow return the figure (the scripts save it
-# with save_figure); they use only pyplot, so they paste into a notebook.
-
-def plot_loss_variation(result, title="loss"):
-    """The lecture's loss figure: train vs val loss per epoch."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    n = len(result["train_losses"])
-    ax.plot(range(n), result["train_losses"], marker="o", ms=3, label="train")
-    ax.plot(range(n), result["val_losses"], marker="o", ms=3, label="val")
-    if n == 0:
-        ax.text(0.5, 0.5, "no finished epoch", transform=ax.transAxes, ha="center")
-    ax.set(xlabel="epoch", ylabel="cross-entropy loss",
-           title=f"{title}, {n} epoch{'' if n == 1 else 's'}")
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def plot_acc_variation(result, title="accuracy"):
-    """The lecture's accuracy figure: train vs val accuracy per epoch (0-100%), the test
-    accuracy in a box beside it."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    n = len(result["train_accs"])
-    ax.plot(range(n), result["train_accs"], marker="o", ms=3, label="train")
-    ax.plot(range(n), result["val_accs"], marker="o", ms=3, label="val")
-    if n == 0:
-        ax.text(0.5, 0.5, "no finished epoch", transform=ax.transAxes, ha="center")
-    test_acc = result.get("test_acc")
-    text = f"test acc\n{test_acc:.2f}%" if test_acc is not None else "test acc\nnot measured"
-    ax.text(1.03, 0.02, text, transform=ax.transAxes, ha="left", va="bottom",
-            bbox=dict(boxstyle="round", facecolor="white", edgecolor="gray"))
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100),
-           title=f"{title}, {n} epoch{'' if n == 1 else 's'}")
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def imshow(img, title="", mean=0.5, std=0.5):
-    """The lecture's imshow: a normalised (3, H, W) tensor shown as the picture it was."""
-    fig, ax = plt.subplots(figsize=(3, 3))
-    pixels = (img.detach().cpu().float() * std + mean).clamp(0, 1)
-    ax.imshow(pixels.permute(1, 2, 0).numpy())
-    ax.set_title(title)
-    ax.axis("off")
-    return fig
-
-
-def plot_curves(panels, title=""):
-    """Runs compared per epoch, one panel per quantity: panels is a list of
-    (ylabel, {label: [value per epoch]}); a '%' in the ylabel fixes the axis to 0-100."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4),
-                             squeeze=False)
-    for ax, (ylabel, curves) in zip(axes[0], panels):
-        for label, values in curves.items():
-            ax.plot(range(len(values)), values, marker="o", ms=3, label=label)
-        ax.set(xlabel="epoch", ylabel=ylabel)
-        if "%" in ylabel:
-            ax.set_ylim(0, 100)
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.suptitle(title)
-    return fig
-
-
-def plot_confusion(matrix, classes, title="confusion matrix (test)"):
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    matrix = torch.as_tensor(matrix)
-    im = ax.imshow(matrix.numpy(), cmap="Blues")
-    n = len(classes)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
-    peak = matrix.max().item() or 1
-    for i in range(n):
-        for j in range(n):
-            value = matrix[i, j].item()
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                    color="white" if value > peak / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="test images")
-    return fig
-
-
-def unnormalize(x):
-    """Float image(s) in the lecture's normalisation back to [0, 1]."""
-    return (x * STD + MEAN).clamp(0, 1)
+def section(title):
+    print(f"\n=== {title} " + "=" * max(3, 70 - len(title)))

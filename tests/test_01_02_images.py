@@ -75,7 +75,7 @@ def test_conv_output_size_matches_real_layers():
     ([(3, 1), (2, 2), (3, 1)], 8), ([(3, 2), (3, 2)], 7), ([(3, 1), (3, 1), (2, 2)] * 3, 36),
 ])
 def test_receptive_field_formula_equals_gradient(layers, expected):
-    assert pad.receptive_field(layers) == expected
+    assert common.receptive_field(layers) == expected
     assert pad.receptive_field_by_gradient(layers) == expected
 
 

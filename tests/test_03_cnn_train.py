@@ -49,7 +49,7 @@ def test_run_writes_every_output(tmp_path):
     proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), "--save-model")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("DATA: SYNTHETIC")
-    assert "Epoch 0, Acc(train/val):" in proc.stdout
+    assert "Epoch 1, Acc(train/val):" in proc.stdout
     assert "per-class test accuracy: disk" in proc.stdout
     folder = tmp_path / "cnn"
     for name in ("loss.png", "accuracy.png", "confusion.png", "filters.png", "result.json",
@@ -109,7 +109,9 @@ def test_huge_lr_is_reported_as_diverged(tmp_path):
                       "--out-dir", str(tmp_path))
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "try a smaller learning rate (e.g. --lr 1e+11)" in proc.stdout
+    assert "use a smaller learning rate (e.g. 1e+11)" in proc.stdout  # the lecture's log
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "diverged" in errors[0] and "--lr 1e+11" in errors[0]
     record = json.loads((tmp_path / "cnn" / "result.json").read_text())
     assert record["status"] == "diverged"
     assert (tmp_path / "cnn" / "loss.png").exists()
@@ -123,7 +125,7 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:  # wait until one epoch is done
-            if line.startswith("Epoch 1,"):
+            if line.startswith("Epoch 2,"):
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=600)
@@ -147,7 +149,7 @@ def test_out_of_memory_gives_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     def no_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(cnn_train.common, "experiment", no_memory)  # called by common.fit
+    monkeypatch.setattr(cnn_train.common, "experiment", no_memory)  # called by common.train_runs
     code = cnn_train.main([*QUICK, "--out-dir", str(tmp_path), "--train-batch-size", "100000"])
     assert code == 1
     err = capsys.readouterr().err

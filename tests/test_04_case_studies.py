@@ -24,7 +24,7 @@ def test_every_model_is_listed():
 def test_model_shape_params_and_one_step(name):
     torch.manual_seed(0)
     model = cs.build(name)
-    assert cs.count_params(model) == PARAMS[name]
+    assert common.count_params(model) == PARAMS[name]
     model.eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     # one SGD step on a fixed batch lowers that batch's loss
@@ -170,7 +170,7 @@ def test_each_claim_runs_end_to_end(claim, tmp_path, capsys):
 
 def test_plain_net_is_the_resnet_without_shortcuts():
     plain, res = cs.build("plain20"), cs.build("resnet20")
-    assert cs.count_params(plain) == cs.count_params(res) == 269_722
+    assert common.count_params(plain) == common.count_params(res) == 269_722
     plain.load_state_dict(res.state_dict())  # the same layers and weights ...
     plain.eval(), res.eval()
     x = torch.randn(2, 3, 32, 32)
@@ -207,14 +207,14 @@ def test_unknown_claim_exits_2_with_the_list(capsys):
 
 
 def test_a_diverged_run_still_gives_a_claim_its_verdict(tmp_path, monkeypatch):
-    real = cs.train_runs
+    real = common.train_runs
 
     def one_diverged(runs, *args):
         rows, _ = real(runs, *args)
         rows[-1]["status"] = "diverged"
         return rows, common.EXIT_DIVERGED
 
-    monkeypatch.setattr(cs, "train_runs", one_diverged)
+    monkeypatch.setattr(common, "train_runs", one_diverged)
     code = cs.main(["--claim", "3x3", "--data", "synthetic", "--limit", "32", "--epochs", "1",
                     "--no-download", "--out-dir", str(tmp_path)])
     assert code == 0
@@ -224,14 +224,14 @@ def test_a_diverged_run_still_gives_a_claim_its_verdict(tmp_path, monkeypatch):
 
 
 def test_an_interrupted_run_gives_no_verdict(tmp_path, monkeypatch, capsys):
-    real = cs.train_runs
+    real = common.train_runs
 
     def interrupted(runs, *args):
         rows, _ = real(runs, *args)
         rows[-1]["status"] = "interrupted"
         return rows, 130
 
-    monkeypatch.setattr(cs, "train_runs", interrupted)
+    monkeypatch.setattr(common, "train_runs", interrupted)
     code = cs.main(["--claim", "3x3", "--data", "synthetic", "--limit", "32", "--epochs", "1",
                     "--no-download", "--out-dir", str(tmp_path)])
     assert code == 130 and "no verdict" in capsys.readouterr().err

@@ -238,7 +238,7 @@ def test_unusable_device_exits_2_with_one_line(name, capsys):
     if name == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
     with pytest.raises(SystemExit) as exit_:
-        common.device_or_exit(name)
+        common.or_exit(common.get_device, name)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: --device {name}")
 

@@ -1,5 +1,6 @@
 """Where students run this: data failures, precision per GPU, signals, full disks, bad input."""
 import errno
+import contextlib
 import json
 import os
 import shutil
@@ -143,7 +144,6 @@ def test_precision_follows_the_selected_gpus_capability(capability, name, expect
     assert common.choose_precision(torch.device("cuda", 1)) == expected
     assert asked == [torch.device("cuda", 1)]  # GPU 1 was asked, not GPU 0
     assert common.choose_precision(torch.device("cuda", 1), enabled=False) == "fp32"
-    assert (common.make_scaler("cpu", expected) is None) == (expected != "fp16")
 
 
 def test_mps_and_cpu_without_bf16_stay_fp32(monkeypatch):
@@ -155,7 +155,7 @@ def test_mps_and_cpu_without_bf16_stay_fp32(monkeypatch):
 @pytest.mark.parametrize("name", ["meta", "xla", "cpu:3", "mps:1", "bogus"])
 def test_unsupported_device_types_exit_2(name, capsys):
     with pytest.raises(SystemExit) as exit_:
-        common.device_or_exit(name)
+        common.or_exit(common.get_device, name)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: --device {name}: not supported")
 
@@ -235,8 +235,8 @@ def test_a_second_run_gets_a_fresh_folder_with_normal_permissions(tmp_path):
     assert mode == 0o666 & ~common._UMASK
 
 
-def test_claim_run_dir_never_shares_a_folder(tmp_path):
-    folders = {common.claim_run_dir(str(tmp_path), "cnn") for _ in range(3)}
+def test_reserve_never_shares_a_folder(tmp_path):
+    folders = {common.reserve(str(tmp_path / "cnn"), folder=True) for _ in range(3)}
     assert len(folders) == 3 and all(os.path.isdir(f) for f in folders)
 
 
@@ -283,7 +283,7 @@ def test_sigterm_and_sighup_save_like_ctrl_c(sig, code, tmp_path):
     proc = _start(tmp_path)
     try:
         for line in proc.stdout:  # wait until one epoch is done
-            if line.startswith("Epoch 0,"):
+            if line.startswith("Epoch 1,"):
                 break
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=600)
@@ -298,7 +298,7 @@ def test_sigterm_and_sighup_save_like_ctrl_c(sig, code, tmp_path):
 
 def test_signals_while_saving_wait_for_the_files(monkeypatch, capsys):
     monkeypatch.setitem(common._SIGNALS, "first", None)
-    with common.saving():
+    with common.signals_held():
         common._on_signal(signal.SIGINT, None)  # no KeyboardInterrupt while saving
         common._on_signal(signal.SIGINT, None)
     assert common.stop_requested() == "SIGINT" and common.interrupted_exit_code() == 130
@@ -381,3 +381,17 @@ def test_04_out_of_memory_keeps_finished_models(tmp_path, monkeypatch, capsys):
     table = json.loads((out / "train_results.json").read_text())
     assert [m["model"] for m in table["models"]] == ["lenet"]
     assert not (out / "resnet20").exists()
+
+
+@pytest.mark.parametrize("dtype, scaled", [(None, False), (torch.bfloat16, False),
+                                           (torch.float16, True)])
+def test_experiment_scales_the_loss_only_for_fp16(dtype, scaled, monkeypatch):
+    made, real = [], torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda device, enabled=True: made.append(enabled) or real(device, False))
+    monkeypatch.setattr(common, "autocast", lambda *a: contextlib.nullcontext())  # fp32 maths
+    batches = [(torch.randn(4, 3, 32, 32), torch.arange(4))]
+    settings = dict(optim="SGD", lr=0.01, l2=0.0, epochs=1)
+    common.experiment(cnn_train.CNN(), {"train": batches, "val": batches, "test": batches},
+                      settings, "cpu", log=lambda *_: None, amp_dtype=dtype)
+    assert made[0] == scaled

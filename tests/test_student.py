@@ -3,6 +3,7 @@ import inspect
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,21 +12,11 @@ import pytest
 import torch
 
 import common
-from conftest import load_script, run_script
+from conftest import ROOT, load_script, run_script
 
 conv = load_script("01_convolution.py")
 cnn_train = load_script("03_cnn_train.py")
 QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "128", "--no-download")
-
-PASTE_HEADER = """import contextlib, functools, math, os, time
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import numpy as np
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-"""
 
 PASTE_MAIN = """
 torch.manual_seed(0)
@@ -47,18 +38,38 @@ print("PASTED OK")
 """
 
 
+def readme_paste_list():
+    """README's "Copy into homework": the import lines and the functions per file."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split("## Copy into homework", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```python", 1)[1].split("```", 1)[0]
+    imports = [line for line in block.splitlines() if line.startswith(("import ", "from "))]
+    pieces = []
+    for line in section.splitlines():
+        match = re.match(r"- `(\S+\.py)`: (.*)", line)
+        if match:
+            module = {"common.py": common, "03_cnn_train.py": cnn_train,
+                      "01_convolution.py": conv}[match.group(1)]
+            pieces += [getattr(module, name) for name in re.findall(r"`(\w+)`", match.group(2))]
+    return imports, pieces
+
+
 def test_lecture_functions_paste_into_a_notebook(tmp_path):
-    """The lecture-named functions run in a file that imports only torch, nn, F, numpy,
-    pyplot and the standard library (no common, no script)."""
-    pieces = [common.train, common.validate, common.test, common.experiment,
-              common.plot_loss_variation, common.plot_acc_variation, common.imshow,
-              conv.corr1d, conv.corr2d, cnn_train.CNN]
-    source = PASTE_HEADER + "ACTIVATIONS = {'relu': F.relu, 'tanh': torch.tanh, " \
-        "'sigmoid': torch.sigmoid}\n\n" + "\n\n".join(inspect.getsource(p) for p in pieces) \
+    """Exactly what README's "Copy into homework" lists runs in a file with exactly its
+    imports (no common, no script, no other module)."""
+    imports, pieces = readme_paste_list()
+    assert imports == ["import torch", "import torch.nn as nn",
+                       "import torch.nn.functional as F", "import numpy as np",
+                       "import matplotlib.pyplot as plt"]
+    assert {p.__name__ for p in pieces} >= {"train", "validate", "test", "experiment",
+                                           "plot_loss_variation", "plot_acc_variation",
+                                           "imshow", "CNN", "corr2d"}
+    source = "\n".join(imports) + "\n\n" + "\n\n".join(inspect.getsource(p) for p in pieces) \
         + PASTE_MAIN
     path = tmp_path / "homework.py"
     path.write_text(source)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MPLBACKEND"] = "Agg"
     proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
@@ -85,7 +96,7 @@ class FakeClock:
 def _drive(progress, clock, steps=40, dt=0.4):
     for batch in range(1, steps + 1):
         clock.now += dt
-        progress(0, batch, steps, torch.tensor(2.0))
+        progress(1, batch, steps, torch.tensor(2.0))
 
 
 def test_progress_on_a_terminal_redraws_one_line(monkeypatch):
@@ -162,7 +173,7 @@ def test_act_builds_the_same_cnn_with_that_activation(act, low, high):
     x = seen[0]  # what the activation made of conv1_1's output
     raw = net.conv1_1(torch.randn(1, 3, 32, 32))
     assert x.min() >= low and (high is None or x.max() <= high)
-    assert torch.allclose(cnn_train.ACTIVATIONS[act](raw), {"relu": torch.relu, "tanh": torch.tanh,
+    assert torch.allclose(cnn_train.CNN.ACTIVATIONS[act](raw), {"relu": torch.relu, "tanh": torch.tanh,
                                                              "sigmoid": torch.sigmoid}[act](raw))
     if act != "relu":
         assert x.min() < 0 or act == "sigmoid"
@@ -217,7 +228,7 @@ def _probe(net, upto):
 def test_receptive_box_is_exactly_the_pixels_with_gradient(layer, field, where):
     net = cnn_train.CNN()
     geometry = cnn_train.layer_geometry(net, layer)
-    assert cnn_train.receptive_field(geometry) == field
+    assert common.receptive_field(geometry) == field
     x = torch.zeros(1, 1, 32, 32, requires_grad=True)
     y = _probe(net, layer)(x)
     i = j = y.shape[-1] // 2 if where == "centre" else 0
@@ -262,13 +273,13 @@ def test_strongest_responses_find_the_brightest_image():
 def test_act_with_its_own_lr_and_the_claim_rule(capsys):
     args = cnn_train.parse_args(["--act", "relu=0.05", "tanh=0.02"])
     assert args.act == ["relu", "tanh"] and args.act_lr == {"relu": 0.05, "tanh": 0.02}
-    assert cnn_train.run_settings(args, "fp32", act="tanh")["lr"] == 0.02
+    assert [s["lr"] for _, _, s in cnn_train.sweep_plan(args, "fp32")] == [0.05, 0.02]
     with pytest.raises(SystemExit):
         cnn_train.parse_args(["--act", "relu=0.05", "--lr", "0.1", "0.2"])
     assert "not both" in capsys.readouterr().err
 
     def row(act, errors):
-        return {"value": act, "epochs_to_25": cnn_train.epochs_to(errors),
+        return {"value": act, "epochs_to_25": common.first_epoch(errors, lambda e: e < 25),
                 "result": {"train_accs": [100 - e for e in errors]}}
 
     lines = cnn_train.relu_claim([row("relu", [60, 30, 20]), row("tanh", [70, 50, 40])])
