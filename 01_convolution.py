@@ -84,28 +84,49 @@ def plot_equivariance(x, k, shift, path, show):
     y = corr1d(x, k)
     xs = np.roll(x, shift)
     ys = corr1d(xs, k)
-    fig, axes = common.plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
+    fig, axes = common.plt.subplots(2, 1, figsize=(7, 4.8), sharex=True)
     axes[0].plot(x, "o-", label="input x")
     axes[0].plot(xs, "s--", label=f"x shifted by {shift}")
-    axes[0].set_title("input")
+    axes[0].set(title="input", ylabel="x[i]")
     axes[1].plot(y, "o-", label="corr(x, k)")
     axes[1].plot(ys, "s--", label="corr(shifted x, k)")
-    axes[1].set_title(f"output: shifted by the same {shift} (translation equivariance)")
+    axes[1].set(title=f"output with kernel k = {k.astype(int).tolist()}: shifted by the same "
+                      f"{shift} (translation equivariance)", ylabel="y[i]", xlabel="position i")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    axes[1].set_xlabel("position")
+    fig.tight_layout()
+    return common.save_figure(fig, path, show)
+
+
+def plot_shift(img, moved, path, show):
+    """The picture, the same picture 1 pixel to the right, and how much each input changed."""
+    fig, axes = common.plt.subplots(1, 3, figsize=(9.5, 3.3), constrained_layout=True)
+    for ax, t, title in ((axes[0], img, "the picture"), (axes[1], moved, "moved 1 pixel right")):
+        ax.imshow(common.unnormalize(t).permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    im = axes[2].imshow((moved - img).abs().amax(0).numpy(), cmap="magma",
+                        interpolation="nearest")
+    axes[2].set_title("|change| of each input value\n(what an MLP sees differ)", fontsize=9)
+    axes[2].axis("off")
+    fig.colorbar(im, ax=axes[2], shrink=0.8, label="change (-1..1 scale)")
     return common.save_figure(fig, path, show)
 
 
 def plot_maps(maps, titles, path, suptitle, show, cmap="gray"):
-    """A row of 2-D maps, each with its own colour scale and a colour bar for it."""
-    fig, axes = common.plt.subplots(1, len(maps), figsize=(3.1 * len(maps), 2.9))
+    """A row of 2-D maps, each with its own colour scale and a colour bar for it; the axes
+    show pixel positions, so a map's size can be read off."""
+    fig, axes = common.plt.subplots(1, len(maps), figsize=(3.4 * len(maps), 3.3),
+                                    constrained_layout=True)
     for ax, m, t in zip(np.atleast_1d(axes), maps, titles):
         im = ax.imshow(m.detach().cpu().numpy(), cmap=cmap)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.colorbar(im, ax=ax, shrink=0.8)
         ax.set_title(t, fontsize=9)
-        ax.axis("off")
+        size = m.shape[-1]
+        ax.set_xticks([0, size - 1])
+        ax.set_yticks([0, size - 1])
+        ax.tick_params(labelsize=7)
     fig.suptitle(suptitle, fontsize=10)
     return common.save_figure(fig, path, show)
 
@@ -153,8 +174,7 @@ def main(argv=None):
                               atol=1e-5)
     check("a convolution's output just moves along (conv(shift(x)) == shift(conv(x)) "
           "away from the border): it finds the same features wherever they are", same)
-    path = common.save_figure(common.imshow(img, label), os.path.join(out, "image.png"),
-                              args.show)
+    path = plot_shift(img, moved, os.path.join(out, "image.png"), args.show)
     print(f"saved {path}")
 
     # 3.3.2 Convolution in 1-D -------------------------------------------------------
@@ -201,12 +221,14 @@ def main(argv=None):
     with torch.no_grad():
         edges = sobel_layer()(gray.unsqueeze(0))[0]           # (2, 32, 32)
     magnitude = edges.pow(2).sum(0).sqrt()
-    print(f"Conv2d(1, 2, 3) with Sobel weights: (1, 1, 32, 32) -> {tuple(edges.unsqueeze(0).shape)}")
+    print(f"Conv2d(1, 2, 3, padding=1) with Sobel weights: {tuple(gray.unsqueeze(0).shape)} -> "
+          f"{tuple(edges.unsqueeze(0).shape)} (padding keeps the size; see 02)")
     check("Sobel layer == corr2d with the Sobel x kernel",
           torch.allclose(edges[0, 1:-1, 1:-1], corr2d(gray[0], SOBEL_X), atol=1e-5))
     path = plot_maps([gray[0], edges[0], edges[1], magnitude],
                      ["gray", "Sobel x (vertical edges)", "Sobel y (horizontal edges)",
-                      "edge magnitude"], os.path.join(out, "sobel.png"), label, args.show)
+                      "edge magnitude\n(bright frame: the zero padding)"],
+                     os.path.join(out, "sobel.png"), label, args.show)
     print(f"saved {path}")
     print("  Sobel and Haar-like kernels were designed by hand; a CNN learns its kernels "
           "from data, and its first layer often ends up with edge detectors like these")
@@ -225,9 +247,11 @@ def main(argv=None):
           f"3 kernels give 3 feature maps; more kernels, more kinds of feature")
     print("  each output pixel sees a 3x3 patch of all 3 input channels: "
           "its receptive field is 3x3")
-    path = plot_maps(list(maps[0]), [f"feature map {i}" for i in range(3)],
+    path = plot_maps(list(maps[0]), [f"feature map {i}: {tuple(maps.shape[-2:])}"
+                                     for i in range(3)],
                      os.path.join(out, "feature_maps.png"),
-                     "random (untrained) Conv2d(3, 3, 3)", args.show, cmap="viridis")
+                     f"random (untrained) Conv2d(3, 3, 3) on a {tuple(img.shape)} image: no padding, "
+                     f"so 32 -> 30", args.show, cmap="viridis")
     print(f"saved {path}")
 
     # 3.3.2 Valid convolutions shrink the map -----------------------------------------

@@ -107,9 +107,10 @@ def plot_pooling(img, path, show):
 
 
 def plot_stages(stages, path, title, show):
-    """First 4 channels of each stage's output, one column per stage, one colour scale per
-    column (the bar beside it); a channel that ReLU zeroed entirely is labelled so."""
-    fig, axes = common.plt.subplots(4, len(stages), figsize=(2.3 * len(stages), 7.6))
+    """Channels 0-3 (rows) of each stage's output (columns), one colour scale per column
+    (the bar below it); a channel that ReLU zeroed entirely is labelled so."""
+    fig, axes = common.plt.subplots(4, len(stages), figsize=(2.3 * len(stages), 8.2),
+                                    constrained_layout=True)
     for col, (name, t) in enumerate(stages):
         lo, hi = t[:4].min().item(), t[:4].max().item()
         for row in range(4):
@@ -119,10 +120,13 @@ def plot_stages(stages, path, title, show):
             if not t[row].any():
                 ax.text(0.5, 0.5, "all zero\n(ReLU cut\nevery value)", ha="center",
                         va="center", fontsize=7, color="white", transform=ax.transAxes)
-            ax.axis("off")
-        fig.colorbar(im, ax=axes[:, col].tolist(), fraction=0.05, pad=0.02, shrink=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(f"channel {row}", fontsize=8)
+        fig.colorbar(im, ax=axes[:, col].tolist(), orientation="horizontal", shrink=0.9)
         axes[0, col].set_title(f"{name}\n{tuple(t.shape)}", fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(f"{title}\ncolumns: each step in order; rows: its channels 0-3", fontsize=10)
     return common.save_figure(fig, path, show)
 
 
@@ -182,7 +186,8 @@ def main(argv=None):
     bad = [(w, k, p, s) for w, k, p, s in grid if w + 2 * p >= k and
            nn.Conv2d(1, 1, k, padding=p, stride=s)(torch.zeros(1, 1, w, w)).shape[-1]
            != conv_output_size(w, k, p, s)]
-    check(f"formula == real Conv2d over {len(grid)} (w, k, p, s) cases", not bad, str(bad[:3]))
+    check(f"formula == real Conv2d over {len(grid)} (w, k, p, s) cases", not bad,
+          f"failing cases {bad[:3]}" if bad else "")
 
     # 3.3.4 Pooling ---------------------------------------------------------------------
     common.section("3.3.4 Pooling halves the map")

@@ -208,28 +208,28 @@ def plot_filters(weight, title=""):
     """The 16 learned 3x3x3 filters of the first layer on one shared scale: the RGB
     filter (grey = 0), then its red, green and blue weights (blue < 0 < red)."""
     w = weight.detach().float().cpu()                                  # (16, 3, 3, 3)
-    fig, axes = common.plt.subplots(4, 16, figsize=(13, 3.8))
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    fig, axes = common.plt.subplots(4, 1, figsize=(9, 3.9))
     if not torch.isfinite(w).all():
+        for ax in axes:
+            ax.axis("off")
         fig.text(0.5, 0.45, "the weights are NaN or infinite: the run diverged",
                  ha="center", va="center")
         fig.suptitle(title)
         return fig
     top = w.abs().max().item() or 1.0
-    rgb = (0.5 + 0.5 * w / top).clamp(0, 1)                           # one scale for all
-    for col in range(16):
-        axes[0, col].imshow(rgb[col].permute(1, 2, 0).numpy(), interpolation="nearest")
-        axes[0, col].set_title(str(col), fontsize=8)
-        for c in range(3):
-            im = axes[c + 1, col].imshow(w[col, c].numpy(), cmap="bwr", vmin=-top, vmax=top,
-                                         interpolation="nearest")
-    for row, text in enumerate(("RGB", "red", "green", "blue")):
-        axes[row, 0].set_ylabel(text, fontsize=8)
-    fig.colorbar(im, ax=axes[1:].ravel().tolist(), fraction=0.015, pad=0.01, label="weight")
-    fig.suptitle(f"{title}\neach column one filter; edges show as a red/blue split, colour "
-                 f"detectors as one channel unlike the others", fontsize=9)
+    rgb = [(0.5 + 0.5 * f / top).clamp(0, 1) for f in w]              # one scale for all
+    axes[0].imshow(mosaic(rgb, per_row=16, fill=1.0), interpolation="nearest")
+    for c in range(3):
+        im = axes[c + 1].imshow(mosaic([f[c:c + 1] for f in w], per_row=16)[..., 0],
+                                cmap="bwr", vmin=-top, vmax=top, interpolation="nearest")
+    for ax, text in zip(axes, ("RGB", "red", "green", "blue")):
+        ax.set_yticks([])
+        ax.set_ylabel(text, fontsize=8, rotation=0, ha="right", va="center")
+        ax.set_xticks([4 * i + 1 for i in range(16)], [str(i) for i in range(16)] if
+                      ax is axes[0] else [], fontsize=7)
+    fig.colorbar(im, ax=axes.tolist(), fraction=0.02, pad=0.01, label="weight")
+    fig.suptitle(f"{title}\none column per filter; an edge detector shows a red/blue split, "
+                 f"a colour detector one channel unlike the others", fontsize=9)
     return fig
 
 
@@ -322,15 +322,16 @@ def crop_field(image, box, field, fill=128):
     return canvas
 
 
-def mosaic(tiles, per_row=3, gap=1, fill=255):
-    """Tiles (3, f, f) laid out per_row to a row with a white gap, as (H, W, 3) uint8."""
-    f = tiles[0].shape[-1]
+def mosaic(tiles, per_row=3, gap=1, fill=float("nan")):
+    """Tiles (C, f, f) laid out per_row to a row with a gap of `fill`, as (H, W, C)."""
+    c, f = tiles[0].shape[0], tiles[0].shape[-1]
     rows = -(-len(tiles) // per_row)
-    out = torch.full((3, rows * (f + gap) - gap, per_row * (f + gap) - gap), fill,
-                     dtype=torch.uint8)
+    dtype = tiles[0].dtype
+    fill = 255 if dtype == torch.uint8 else fill  # uint8 images: a white gap
+    out = torch.full((c, rows * (f + gap) - gap, per_row * (f + gap) - gap), fill, dtype=dtype)
     for n, tile in enumerate(tiles):
-        r, c = divmod(n, per_row)
-        out[:, r * (f + gap):r * (f + gap) + f, c * (f + gap):c * (f + gap) + f] = tile
+        r, col = divmod(n, per_row)
+        out[:, r * (f + gap):r * (f + gap) + f, col * (f + gap):col * (f + gap) + f] = tile
     return out.permute(1, 2, 0).numpy()
 
 
@@ -359,21 +360,20 @@ def plot_top_patches(net, responses, images, title=""):
 
 
 def plot_features(image, maps, title=""):
-    """One image, then 8 channels of the maps after each of the three stages."""
-    fig, axes = common.plt.subplots(len(maps) + 1, 8, figsize=(12, 6.6), squeeze=False)
-    for ax in axes.flat:
+    """One image, then channels 0-7 of the maps after each of the three stages, one
+    colour scale per stage."""
+    fig, axes = common.plt.subplots(len(maps) + 1, 1, figsize=(9, 7.5))
+    axes[0].imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+    axes[0].set_title(f"input {tuple(image.shape)}", fontsize=8)
+    for stage, (ax, m) in enumerate(zip(axes[1:], maps), 1):
+        tiles = [t.unsqueeze(0) for t in m[:8]]
+        im = ax.imshow(mosaic(tiles, per_row=8)[..., 0], cmap="viridis",
+                       interpolation="nearest")
+        ax.set_title(f"after stage {stage}: {tuple(m.shape)}, channels 0-7 "
+                     f"from left", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
+    for ax in axes:
         ax.axis("off")
-    axes[0, 0].imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
-    axes[0, 0].set_title(f"input {tuple(image.shape)}", fontsize=8)
-    for row, m in enumerate(maps, 1):
-        lo, hi = m[:8].min().item(), m[:8].max().item()
-        for col in range(min(8, len(m))):
-            im = axes[row, col].imshow(m[col].numpy(), cmap="viridis", vmin=lo,
-                                       vmax=hi if hi > lo else lo + 1,
-                                       interpolation="nearest")
-        axes[row, 0].set_title(f"after stage {row}: {tuple(m.shape)}, channels 0-7",
-                               fontsize=8, loc="left")
-        fig.colorbar(im, ax=axes[row].tolist(), fraction=0.02, pad=0.01)
     fig.suptitle(title, fontsize=10)
     return fig
 

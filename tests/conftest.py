@@ -63,3 +63,15 @@ def run_script(*args, timeout=900):
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run_main(module, argv, capsys):
+    """module.main(argv) in this process (faster than a subprocess where the command line
+    itself is tested elsewhere); returns what run_script returns: code, stdout, stderr."""
+    capsys.readouterr()
+    try:
+        code = module.main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, load_script, run_main, run_script
 
 cnn_train = load_script("03_cnn_train.py")
 QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "128", "--no-download")
@@ -73,9 +73,9 @@ def test_run_writes_every_output(tmp_path):
     assert not list(folder.glob(".tmp-*"))
 
 
-def test_several_lrs_give_one_run_each_and_a_comparison(tmp_path):
-    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path),
-                      "--exp-name", "exp1_lr", "--lr", "0.05", "0.01")
+def test_several_lrs_give_one_run_each_and_a_comparison(tmp_path, capsys):
+    proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--exp-name", "exp1_lr",
+                                "--lr", "0.05", "0.01"], capsys)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "exp1_lr_lr0.05" / "result.json").exists()
     assert (tmp_path / "exp1_lr_lr0.01" / "result.json").exists()
@@ -104,9 +104,9 @@ def test_bad_option_exits_2_with_usage():
     assert "Traceback" not in proc.stderr
 
 
-def test_huge_lr_is_reported_as_diverged(tmp_path):
-    proc = run_script("03_cnn_train.py", *QUICK, "--epochs", "3", "--lr", "1e12",
-                      "--out-dir", str(tmp_path))
+def test_huge_lr_is_reported_as_diverged(tmp_path, capsys):
+    proc = run_main(cnn_train, [*QUICK, "--epochs", "3", "--lr", "1e12", "--out-dir",
+                                str(tmp_path)], capsys)
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "use a smaller learning rate (e.g. 1e+11)" in proc.stdout  # the lecture's log

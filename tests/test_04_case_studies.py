@@ -1,4 +1,5 @@
 """04_case_studies.py: every model, the block facts, and the script's runs."""
+import functools
 import json
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import common
-from conftest import load_script, run_script
+from conftest import load_script, run_main, run_script
 
 cs = load_script("04_case_studies.py")
 
@@ -102,8 +103,10 @@ def test_downsampling_shortcut_pads_channels_with_zeros():
     assert torch.equal(s[:, 8:24], x[:, :, ::2, ::2]) and s[:, :8].abs().sum() == 0
 
 
-def test_default_table_writes_json_and_figure(tmp_path):
-    proc = run_script("04_case_studies.py", "--out-dir", str(tmp_path))
+def test_default_table_writes_json_and_figure(tmp_path, monkeypatch, capsys):
+    # the real table, with a shorter speed measurement (one step of 4 images per model)
+    monkeypatch.setattr(cs, "throughput", functools.partial(cs.throughput, batch=4, steps=1))
+    proc = run_main(cs, ["--out-dir", str(tmp_path)], capsys)
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "04_case_studies"
     record = json.loads((folder / "compare.json").read_text())
@@ -116,10 +119,10 @@ def test_default_table_writes_json_and_figure(tmp_path):
         assert lesson in proc.stdout
 
 
-def test_train_two_models_on_synthetic(tmp_path):
-    proc = run_script("04_case_studies.py", "--train", "lenet", "resnet20", "--data",
-                      "synthetic", "--epochs", "1", "--limit", "256", "--no-download",
-                      "--out-dir", str(tmp_path))
+def test_train_two_models_on_synthetic(tmp_path, capsys):
+    proc = run_main(cs, ["--train", "lenet", "resnet20", "--data", "synthetic", "--epochs",
+                         "1", "--limit", "256", "--no-download", "--out-dir", str(tmp_path)],
+                    capsys)
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "04_case_studies"
     table = json.loads((folder / "train_results.json").read_text())

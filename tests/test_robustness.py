@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 import common
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, load_script, run_main, run_script
 
 cnn_train = load_script("03_cnn_train.py")
 QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "128", "--no-download")
@@ -195,12 +195,12 @@ def test_bad_run_names_exit_2_before_training(extra, message, tmp_path):
     assert "Epoch" not in proc.stdout and "Traceback" not in proc.stderr
 
 
-def test_out_dir_that_is_a_file_exits_2_before_training(tmp_path):
+def test_out_dir_that_is_a_file_exits_2_before_training(tmp_path, capsys):
     target = tmp_path / "afile"
     target.write_text("x")
     for script, extra in (("01_convolution.py", ()), ("02_padding_pooling.py", ()),
                           ("03_cnn_train.py", QUICK), ("04_case_studies.py", QUICK)):
-        proc = run_script(script, *extra, "--out-dir", str(target))
+        proc = run_main(load_script(script), [*extra, "--out-dir", str(target)], capsys)
         assert proc.returncode == 2, script
         assert proc.stderr.strip().splitlines() == [
             f"error: --out-dir {target} is a file, not a folder; give a folder"]

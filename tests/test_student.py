@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import common
-from conftest import ROOT, load_script, run_script
+from conftest import ROOT, load_script, run_main, run_script
 
 conv = load_script("01_convolution.py")
 cnn_train = load_script("03_cnn_train.py")
@@ -180,9 +180,9 @@ def test_act_builds_the_same_cnn_with_that_activation(act, low, high):
         assert (x > 0).float().mean() > 0.99 or act == "tanh"  # sigmoid is never 0
 
 
-def test_act_sweep_writes_one_run_per_value_a_figure_and_a_summary(tmp_path):
-    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), "--act", "relu",
-                      "tanh", "sigmoid")
+def test_act_sweep_writes_one_run_per_value_a_figure_and_a_summary(tmp_path, capsys):
+    proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--act", "relu",
+                    "tanh", "sigmoid"], capsys)
     assert proc.returncode == 0, proc.stderr
     for act in ("relu", "tanh", "sigmoid"):
         record = json.loads((tmp_path / f"cnn_{act}" / "result.json").read_text())
@@ -194,8 +194,8 @@ def test_act_sweep_writes_one_run_per_value_a_figure_and_a_summary(tmp_path):
     assert rows == ["relu", "tanh", "sigmoid"]
 
 
-def test_result_json_records_precision_and_rounded_accuracies(tmp_path):
-    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path))
+def test_result_json_records_precision_and_rounded_accuracies(tmp_path, capsys):
+    proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path)], capsys)
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "cnn" / "result.json").read_text())
     assert record["precision"] in ("bf16", "fp32") and "amp" not in record["settings"]
@@ -239,14 +239,14 @@ def test_receptive_box_is_exactly_the_pixels_with_gradient(layer, field, where):
     assert len(rows) == (bottom - top + 1) * (right - left + 1)  # the whole box, nothing else
 
 
-def test_layer_figures_from_a_run_and_from_a_saved_model(tmp_path):
-    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), "--save-model")
+def test_layer_figures_from_a_run_and_from_a_saved_model(tmp_path, capsys):
+    proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--save-model"], capsys)
     assert proc.returncode == 0, proc.stderr
     assert "one pass over the val set with hooks took" in proc.stdout
     for name in ("features.png", "top_patches.png"):
         assert (tmp_path / "cnn" / name).stat().st_size > 0
-    again = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), "--exp-name",
-                       "look", "--from-model", str(tmp_path / "cnn" / "model.pt"))
+    again = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--exp-name", "look",
+                                 "--from-model", str(tmp_path / "cnn" / "model.pt")], capsys)
     assert again.returncode == 0, again.stderr
     assert "Epoch" not in again.stdout
     assert sorted(os.listdir(tmp_path / "look")) == ["features.png", "top_patches.png"]
