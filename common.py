@@ -217,7 +217,7 @@ def plot_loss_variation(result, title="loss"):
         ax.text(0.5, 0.5, "no finished epoch", transform=ax.transAxes, ha="center")
     ax.set(xlabel="epoch", ylabel="cross-entropy loss", xlim=(0.5, max(n, 1) + 0.5),
            title=f"{title}, {n} epoch{'' if n == 1 else 's'}")
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, min_n_ticks=1))
     ax.ticklabel_format(axis="y", useOffset=False)  # 2.3031 stays 2.3031, not +2.303
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
@@ -240,7 +240,7 @@ def plot_acc_variation(result, title="accuracy"):
             bbox=dict(boxstyle="round", facecolor="white", edgecolor="gray"))
     ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), xlim=(0.5, max(n, 1) + 0.5),
            title=f"{title}, {n} epoch{'' if n == 1 else 's'}")
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, min_n_ticks=1))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     return fig
@@ -275,7 +275,7 @@ def plot_curves(panels, title=""):
         elif "loss" in ylabel:
             ax.set_ylim(bottom=0)  # no auto-zoom that makes 2.304 vs 2.316 look far apart
         ax.ticklabel_format(axis="y", useOffset=False)
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
