@@ -10,6 +10,7 @@ Outputs go to runs/04_case_studies/ (see README).
 """
 import argparse
 import functools
+import math
 import os
 import re
 import sys
@@ -486,13 +487,22 @@ def plot_compare(rows, title):
     rates = [r["train_images_per_s"] for r in rows]
     top = max(rates)
     colours = common.plt.get_cmap("tab20").colors
+    labels = {}  # models at (nearly) the same point share one label
     for i, r in enumerate(rows):
         x, y = r["macs"] / 1e6, r["params"] / 1e6
         ax.scatter(x, y, s=dot_size(r["train_images_per_s"], top), alpha=0.7,
                    color=colours[i % 20], edgecolor="black", linewidth=0.5, label=r["model"])
-        ax.annotate(r["model"], (x, y), fontsize=7, xytext=(6, 4), textcoords="offset points")
-    models = ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
+        key = (round(math.log10(x), 1), round(math.log10(y), 1))
+        labels.setdefault(key, [x, y, []])[2].append(r["model"])
+    for x, y, names in labels.values():
+        ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(6, 4),
+                    textcoords="offset points")
+    models = ax.legend(title="model (colour)", loc="upper left", bbox_to_anchor=(1.01, 1),
+                       fontsize=7)
+    for handle in models.legend_handles:
+        handle.set_sizes([40])  # the legend shows colours; speed has its own key
     ax.add_artist(models)
+    ax.margins(x=0.2, y=0.15)
     keys = [ax.scatter([], [], s=dot_size(rate, top), color="gray", alpha=0.5,
                        label=f"{rate:,.0f} images/s")
             for rate in sorted({top, (top * min(rates)) ** 0.5, min(rates)}, reverse=True)]
