@@ -136,21 +136,16 @@ def plot_maps(maps, titles, path, suptitle, show, cmap="gray"):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=common.HelpFormatter)
-    common.add_image_args(p)
-    p.add_argument("--seed", type=common.seed_int, default=123,
-                   help="seed for the random Conv2d weights")
+    common.add_data_args(p, picture=True)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    common.start(args)
-    out = os.path.join(args.out_dir, "01_convolution")
-    check = common.Checks()
+    args, out, check, array, source = common.start_picture_script(build_parser(), argv,
+                                                                  "01_convolution")
 
     # 3.3.1 An image is an array of numbers --------------------------------------------
     common.section("3.3.1 The image as numbers")
-    array, source = common.load_picture(args)
     label = source.split(",")[0]  # short form for figure titles
     print(f"image: {source}")
     print(f"as an array (H, W, C): {array.shape}, dtype {array.dtype}, "

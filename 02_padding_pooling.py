@@ -143,20 +143,15 @@ def channels(text):
 def build_parser():
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
                                 formatter_class=common.HelpFormatter)
-    common.add_image_args(p)
-    p.add_argument("--seed", type=common.seed_int, default=123,
-                   help="seed for the random conv weights")
+    common.add_data_args(p, picture=True)
     p.add_argument("--channels", type=channels, default=64,
                    help=f"C for the VGG-rule tables, 1 to {MAX_CHANNELS}")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    common.start(args)
-    out = os.path.join(args.out_dir, "02_padding_pooling")
-    check = common.Checks()
-    array, source = common.load_picture(args)
+    args, out, check, array, source = common.start_picture_script(build_parser(), argv,
+                                                                  "02_padding_pooling")
     label = source.split(",")[0]  # short form for figure titles
     img = common.to_tensor(array)
     print(f"image: {source}, tensor {tuple(img.shape)}")

@@ -790,9 +790,14 @@ def load_data(args, log=print):
                    limit=args.limit, log=log)
 
 
-def load_picture(args):
-    """load_image from parsed options, or one line and exit 2."""
-    return or_exit(load_image, args.image, args.data, args.data_dir, not args.no_download)
+def start_picture_script(parser, argv, name):
+    """01 and 02's start: options, start-up, their output folder, the check counter and
+    the picture as a normalised tensor with a line saying what it is."""
+    args = parser.parse_args(argv)
+    start(args)
+    array, source = or_exit(load_image, args.image, args.data, args.data_dir,
+                            not args.no_download)
+    return args, os.path.join(args.out_dir, name), Checks(), array, source
 
 
 def set_deterministic():
@@ -1012,42 +1017,37 @@ fraction = number(float, low=0, high=1, what="between 0 and 1")
 seed_int = number(int, low=0, high=2 ** 32 - 1, what=f"between 0 and {2 ** 32 - 1}")
 
 
-def add_data_args(parser, with_limit=True):
-    """The data options every script that reads CIFAR-10 shares."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data", choices=("auto", "cifar10", "synthetic"), default="auto",
-                       help="auto: CIFAR-10 from --data-dir, downloaded if absent; only when "
-                            "it is absent and cannot be downloaded, a labelled synthetic "
-                            "CIFAR-shaped set; cifar10: the real set or exit 2; synthetic: "
-                            "generated shapes, no files needed")
-    group.add_argument("--data-dir", default="./data",
-                       help="where CIFAR-10 is, or is downloaded to")
-    group.add_argument("--no-download", action="store_true",
-                       help="never reach the network; use only what is in --data-dir")
-    if with_limit:
-        group.add_argument("--limit", type=positive_int, default=None,
-                           help="use at most this many images per split (train, val, "
-                                "test) for a quick try; default: all")
-    return group
-
-
-def add_image_args(parser):
-    """--image, where the default picture comes from, --out-dir and --show (01 and 02)."""
-    parser.add_argument("--image", default=None,
-                        help="a picture of your own (any size; cropped square and resized "
-                             "to 32x32 like CIFAR-10); default: CIFAR-10 train image 4, "
-                             "the lecture's car, else a photo that ships with matplotlib")
-    group = parser.add_argument_group("data", "where the default picture comes from")
+def add_data_args(parser, picture=False):
+    """The data options; picture=True for 01 and 02, which read one picture (and also get
+    --image, --seed and the output options here)."""
+    if picture:
+        parser.add_argument("--image", default=None,
+                            help="a picture of your own (any size; cropped square and resized "
+                                 "to 32x32 like CIFAR-10); default: CIFAR-10 train image 4, "
+                                 "the lecture's car, else a photo that ships with matplotlib")
+        parser.add_argument("--seed", type=seed_int, default=123,
+                            help="seed for the random conv weights")
+    group = parser.add_argument_group("data", "where the default picture comes from"
+                                      if picture else None)
     group.add_argument("--data", choices=("auto", "cifar10", "synthetic"), default="auto",
                        help="auto: CIFAR-10 train image 4 from --data-dir, downloaded if "
                             "absent, else matplotlib's sample photo of Grace Hopper; cifar10: "
-                            "that image or exit 2; synthetic: the sample photo, no files "
-                            "needed")
+                            "that image or exit 2; synthetic: the sample photo, no files needed"
+                       if picture else
+                       "auto: CIFAR-10 from --data-dir, downloaded if absent; only when it is "
+                       "absent and cannot be downloaded, a labelled synthetic CIFAR-shaped "
+                       "set; cifar10: the real set or exit 2; synthetic: generated shapes, no "
+                       "files needed")
     group.add_argument("--data-dir", default="./data",
                        help="where CIFAR-10 is, or is downloaded to")
     group.add_argument("--no-download", action="store_true",
                        help="never reach the network; use only what is in --data-dir")
-    add_output_args(parser)
+    if picture:
+        add_output_args(parser)
+    else:
+        group.add_argument("--limit", type=positive_int, default=None,
+                           help="use at most this many images per split (train, val, "
+                                "test) for a quick try; default: all")
 
 
 def add_training_args(parser):

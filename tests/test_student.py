@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import common
-from conftest import ROOT, load_script, run_main, run_script
+from conftest import ROOT, load_script, run_main
 
 conv = load_script("01_convolution.py")
 cnn_train = load_script("03_cnn_train.py")

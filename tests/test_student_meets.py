@@ -10,7 +10,6 @@ import tarfile
 import time
 
 import pytest
-import torch
 
 import common
 from conftest import ROOT, load_script, run_main
