@@ -6,6 +6,8 @@
 Prints what each slide states, checks every hand-written operation against numpy or
 torch, and saves its figures under runs/01_convolution/.
 """
+import common  # first: it turns a Ctrl-C while torch loads into one line
+
 import argparse
 import os
 
@@ -14,7 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 
 
 # ----------------------------------------------------------------------------- 1-D

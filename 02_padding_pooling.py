@@ -7,6 +7,8 @@ the VGG rule in numbers.
 Prints what each slide states, checks each formula against real torch layers, and
 saves its figures under runs/02_padding_pooling/.
 """
+import common  # first: it turns a Ctrl-C while torch loads into one line
+
 import argparse
 import itertools
 import os
@@ -15,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 
 
 def conv_output_size(w, k, p=0, s=1):

@@ -8,6 +8,8 @@
 
 Everything a run makes goes to a new folder runs/<exp-name>/ (see README).
 """
+import common  # first: it turns a Ctrl-C while torch loads into one line
+
 import argparse
 import functools
 import os
@@ -17,7 +19,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 
 
 # 3.3.5 conv -> ReLU -> conv -> ReLU -> pool, three times, then one fully connected layer

@@ -8,6 +8,8 @@ for 32x32 CIFAR-10, compared side by side and each trainable with the shared loo
 
 Outputs go to runs/04_case_studies/ (see README).
 """
+import common  # first: it turns a Ctrl-C while torch loads into one line
+
 import argparse
 import functools
 import math
@@ -21,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 
 
 # ============================================================================ building blocks

@@ -5,19 +5,31 @@ Below the PLUMBING banner is what a robust command-line tool adds (start-up, one
 trains and saves a run, signals, files, progress); a student need not read it. The
 lecture's functions paste into a notebook: see README, "Copy into homework".
 """
-import argparse
+import os
+import signal
+import sys
+
+
+def _stopped_while_starting(signum, frame):
+    print("stopped by SIGINT while starting", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+# A Ctrl-C while torch loads (seconds on a slow disk) ends with one line, not a traceback;
+# the scripts import common first for this. launch() installs the real handlers.
+if os.path.basename(sys.argv[0] if sys.argv else "")[:3] in ("01_", "02_", "03_", "04_"):
+    signal.signal(signal.SIGINT, _stopped_while_starting)
+
+import argparse  # noqa: E402
 import datetime
 import errno
 import http.client
 import json
 import math
-import os
 import platform
 import random
 import shutil
-import signal
 import socket
-import sys
 import tarfile
 import tempfile
 import time

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -174,3 +175,15 @@ def test_a_killed_runs_temp_file_is_cleaned_on_the_next_save(tmp_path):
     common.save_json({"a": 1}, str(tmp_path / "result.json"))
     assert not stale.exists() and fresh.exists()
     assert json.loads((tmp_path / "result.json").read_text()) == {"a": 1}
+
+
+def test_ctrl_c_while_torch_loads_is_one_line_and_130(tmp_path):
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "01_convolution.py", "--out-dir", str(tmp_path)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(0.4)  # torch takes seconds to import; the script is inside that now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().startswith("stopped by SIGINT")
