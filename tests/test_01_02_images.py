@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from conftest import load_script, run_script
+from conftest import load_script, run_main, run_script
 
 conv = load_script("01_convolution.py")
 pad = load_script("02_padding_pooling.py")
@@ -138,20 +138,21 @@ def test_script_runs_offline_and_saves_figures(script, figures, tmp_path):
         assert (folder / name).stat().st_size > 0, name
 
 
-def test_own_image_is_used(tmp_path):
+def test_own_image_is_used(tmp_path, capsys):
     from PIL import Image
 
     path = tmp_path / "mine.png"
     Image.new("RGB", (64, 48), (200, 10, 10)).save(path)
-    proc = run_script("01_convolution.py", "--image", str(path), "--out-dir", str(tmp_path))
+    proc = run_main(conv, ["--image", str(path), "--out-dir", str(tmp_path)], capsys)
     assert proc.returncode == 0, proc.stderr
     assert f"your image {path}" in proc.stdout
     assert "(32, 32, 3)" in proc.stdout
 
 
 @pytest.mark.parametrize("script", ["01_convolution.py", "02_padding_pooling.py"])
-def test_missing_image_exits_2(script, tmp_path):
-    proc = run_script(script, "--image", str(tmp_path / "nope.jpg"), "--out-dir", str(tmp_path))
+def test_missing_image_exits_2(script, tmp_path, capsys):
+    proc = run_main(load_script(script), ["--image", str(tmp_path / "nope.jpg"), "--out-dir",
+                                          str(tmp_path)], capsys)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: cannot read --image")

@@ -138,8 +138,8 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
     assert len(record["result"]["train_losses"]) >= 2
 
 
-def test_benchmark_prints_both_times_and_ratio():
-    proc = run_script("03_cnn_train.py", "--benchmark", *QUICK)
+def test_benchmark_prints_both_times_and_ratio(capsys):
+    proc = run_main(cnn_train, ["--benchmark", *QUICK], capsys)
     assert proc.returncode == 0, proc.stderr
     assert "project data path" in proc.stdout and "notebook data path" in proc.stdout
     assert "ratio (project / notebook):" in proc.stdout
