@@ -9,16 +9,11 @@ import os
 import signal
 import sys
 
-
-def _stopped_while_starting(signum, frame):
-    print("stopped by SIGINT while starting", file=sys.stderr)
-    raise SystemExit(128 + signum)
-
-
-# A Ctrl-C while torch loads (seconds on a slow disk) ends with one line, not a traceback;
-# the scripts import common first for this. launch() installs the real handlers.
+# First, plumbing: a Ctrl-C while torch loads (seconds) ends with one line, not a traceback
+# (the scripts import common first; launch() installs the real handlers later).
 if os.path.basename(sys.argv[0] if sys.argv else "")[:3] in ("01_", "02_", "03_", "04_"):
-    signal.signal(signal.SIGINT, _stopped_while_starting)
+    signal.signal(signal.SIGINT, lambda signum, frame: (
+        sys.stderr.write("stopped by SIGINT while starting\n"), os._exit(128 + signum)))
 
 import argparse  # noqa: E402
 import datetime
