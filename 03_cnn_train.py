@@ -144,12 +144,13 @@ def compare_sweep(rows, args, partition, device, precision):
                                  for r in rows}),
          ("val accuracy (%)", {label[r["model"]]: r["result"]["val_accs"] for r in rows})],
         f"{args.exp_name}: one run per {args.sweep}, {common.epochs_text(args.epochs)}{tag}")
-    path = common.reserve(os.path.join(args.out_dir, f"{args.exp_name}_{args.sweep}.png"))
+    stem = os.path.join(args.out_dir, f"{args.exp_name}_{args.sweep}")
+    png, summary_json = common.reserve(stem + ".png", also=[os.path.basename(stem) + ".json"])
     summary = {"option": args.sweep, "claim": claim, **common.environment(device, precision),
                "runs": [{k: v for k, v in r.items() if k not in ("result", "settings")}
                         for r in rows]}
-    return common.save([(path, lambda p: common.save_figure(fig, p, args.show)),
-                        (path[:-4] + ".json", lambda p: common.save_json(summary, p))],
+    return common.save([(png, lambda p: common.save_figure(fig, p, args.show)),
+                        (summary_json, lambda p: common.save_json(summary, p))],
                        args.out_dir)
 
 

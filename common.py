@@ -820,11 +820,11 @@ def set_deterministic():
 def train_runs(runs, partition, device, out_dir, show=False):
     """Train each run and save it in a new folder OUT_DIR/NAME: result.json, loss.png,
     accuracy.png, confusion.png and the run's own files. A run is a dict: name, build (a
-    constructor), settings (experiment's, plus seed, augment, train_batch_size and
-    test_batch_size), and optionally jobs(net, settings, result, folder, loaders) -> [(path,
-    write)]
-    and row (extra numbers for its row). Returns (rows, exit status): stops at Ctrl-C or
-    out of memory; a diverged run is kept and gives exit 3."""
+    constructor), settings (experiment's, plus model, precision, seed, augment,
+    train_batch_size, test_batch_size), and optionally jobs(net, settings, result, folder,
+    loaders) -> [(path, write)], row (extra numbers for its row) and batch_option (named
+    when memory runs out). Returns (rows, exit status): stops at Ctrl-C or out of memory;
+    a diverged run is kept and gives exit 3."""
     tag = data_tag(partition["kind"])
     rows, status = [], 0
     for run in runs:
