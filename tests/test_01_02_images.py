@@ -128,9 +128,9 @@ def test_transform_matches_torchvision(tmp_path):
     ("01_convolution.py", ["image.png", "equivariance_1d.png", "sobel.png", "feature_maps.png"]),
     ("02_padding_pooling.py", ["pooling.png", "conv_relu_pool.png"]),
 ])
-def test_script_runs_offline_and_saves_figures(script, figures, tmp_path):
-    proc = run_script(script, "--no-download", "--data-dir", str(tmp_path / "none"),
-                      "--out-dir", str(tmp_path))
+def test_script_runs_offline_and_saves_figures(script, figures, tmp_path, capsys):
+    proc = run_main(load_script(script), ["--no-download", "--data-dir", str(tmp_path / "none"),
+                                          "--out-dir", str(tmp_path)], capsys)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAIL" not in proc.stdout and "0 check(s) failed" in proc.stdout
     folder = tmp_path / script[:-3]

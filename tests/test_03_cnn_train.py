@@ -97,8 +97,8 @@ def test_missing_cifar_exits_2_with_one_line(tmp_path):
     assert str(tmp_path) in lines[0] and "cifar-10-python.tar.gz" in lines[0]
 
 
-def test_bad_option_exits_2_with_usage():
-    proc = run_script("03_cnn_train.py", "--epochs", "0")
+def test_bad_option_exits_2_with_usage(capsys):
+    proc = run_main(cnn_train, ["--epochs", "0"], capsys)
     assert proc.returncode == 2
     assert "--epochs: must be a positive integer" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import common
-from conftest import load_script, run_main, run_script
+from conftest import load_script, run_main
 
 cs = load_script("04_case_studies.py")
 
@@ -136,8 +136,8 @@ def test_train_two_models_on_synthetic(tmp_path, capsys):
             assert (folder / name / f).exists()
 
 
-def test_unknown_model_exits_2_listing_valid_names():
-    proc = run_script("04_case_studies.py", "--train", "resnet18")
+def test_unknown_model_exits_2_listing_valid_names(capsys):
+    proc = run_main(cs, ["--train", "resnet18"], capsys)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "unknown model resnet18" in proc.stderr

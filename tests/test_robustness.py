@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 import common
-from conftest import ROOT, load_script, run_main, run_script
+from conftest import ROOT, load_script, run_main
 
 cnn_train = load_script("03_cnn_train.py")
 QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "128", "--no-download")
@@ -189,8 +189,8 @@ def test_benchmark_warmup_covers_every_batch_shape():
     (("--exp-name", "../escape"), "plain folder name"),
     (("--exp-name", "x" * 101), "at most 100"),
 ])
-def test_bad_run_names_exit_2_before_training(extra, message, tmp_path):
-    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), *extra)
+def test_bad_run_names_exit_2_before_training(extra, message, tmp_path, capsys):
+    proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), *extra], capsys)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Epoch" not in proc.stdout and "Traceback" not in proc.stderr
 
@@ -278,22 +278,26 @@ def _start(tmp_path, *extra):
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_sigterm_and_sighup_save_like_ctrl_c(sig, code, tmp_path):
-    proc = _start(tmp_path)
+def test_sigterm_and_sighup_save_like_ctrl_c(tmp_path):
+    cases = {signal.SIGTERM: 143, signal.SIGHUP: 129}
+    procs = {sig: _start(tmp_path / sig.name) for sig in cases}  # both at once (suite time)
     try:
-        for line in proc.stdout:  # wait until one epoch is done
-            if line.startswith("Epoch 1,"):
-                break
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=600)
+        for sig, proc in procs.items():
+            for line in proc.stdout:  # wait until one epoch is done
+                if line.startswith("Epoch 1,"):
+                    break
+            proc.send_signal(sig)
+        errors = {sig: proc.communicate(timeout=600)[1] for sig, proc in procs.items()}
     finally:
-        proc.kill()
-    assert proc.returncode == code, err
-    assert "Traceback" not in err and f"stopped by {sig.name}" in err
-    record = json.loads((tmp_path / "cnn" / "result.json").read_text())
-    assert record["status"] == "interrupted" and record["stopped_by"] == sig.name
-    assert len(record["result"]["train_losses"]) >= 1
+        for proc in procs.values():
+            proc.kill()
+    for sig, code in cases.items():
+        err = errors[sig]
+        assert procs[sig].returncode == code, err
+        assert "Traceback" not in err and f"stopped by {sig.name}" in err
+        record = json.loads((tmp_path / sig.name / "cnn" / "result.json").read_text())
+        assert record["status"] == "interrupted" and record["stopped_by"] == sig.name
+        assert len(record["result"]["train_losses"]) >= 1
 
 
 def test_signals_while_saving_wait_for_the_files(monkeypatch, capsys):
@@ -309,17 +313,23 @@ def test_signals_while_saving_wait_for_the_files(monkeypatch, capsys):
 
 
 def test_closed_stdout_still_finishes_and_saves(tmp_path):
+    """A reader that goes away (`| head -1`), and stdout closed from the start (`>&-`),
+    run at once (suite time): both finish, save and exit 0 without a traceback."""
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
-    proc = subprocess.Popen(
-        [sys.executable, "03_cnn_train.py", *QUICK, "--epochs", "2", "--out-dir",
-         str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = [sys.executable, "03_cnn_train.py", *QUICK, "--epochs", "2", "--out-dir"]
+    proc = subprocess.Popen([*command, str(tmp_path / "head")], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    closed = subprocess.Popen([*command, str(tmp_path / "closed")], cwd=ROOT, env=env,
+                              stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
     proc.stdout.readline()  # like `| head -1`
     proc.stdout.close()
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=900) == 0, err
-    assert "Traceback" not in err
-    record = json.loads((tmp_path / "cnn" / "result.json").read_text())
-    assert record["status"] == "completed" and len(record["result"]["val_accs"]) == 2
+    for p in (proc, closed):
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=900) == 0, err
+        assert "Traceback" not in err
+    for folder in ("head", "closed"):
+        record = json.loads((tmp_path / folder / "cnn" / "result.json").read_text())
+        assert record["status"] == "completed" and len(record["result"]["val_accs"]) == 2
 
 
 # ----------------------------------------------------------------------------- bad input
