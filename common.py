@@ -995,8 +995,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) \
-                or not action.option_strings:
+        if "%(default)" in text or default is None or default is False \
+                or default == argparse.SUPPRESS or not action.option_strings:
             return text
         if isinstance(default, (list, tuple)):
             default = " ".join(map(str, default))

@@ -135,6 +135,7 @@ def test_help_shows_defaults_readably(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text and "[0.05]" not in text
     assert "(default: 0.05)" in text and "(default: relu)" in text
+    assert "label smoothing, 0 (off) to 1 (default: 0.0)" in text  # a zero default shows too
     assert "NAME-2, NAME-3" in text and "compute capability" in text
     for option in ("--act", "--deterministic", "--lecture"):
         assert option in text
