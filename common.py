@@ -279,8 +279,9 @@ def plot_curves(panels, title=""):
         ax.set(xlabel="epoch", ylabel=ylabel, xlim=(0.5, longest + 0.5))
         if "%" in ylabel:
             ax.set_ylim(0, 100)
-        elif "loss" in ylabel:
-            ax.set_ylim(bottom=0)  # no auto-zoom that makes 2.304 vs 2.316 look far apart
+        elif "loss" in ylabel:  # from 0: no auto-zoom that makes 2.304 vs 2.316 look far apart
+            finite = [v for vs in curves.values() for v in vs if v is not None and np.isfinite(v)]
+            ax.set_ylim(0, 1.1 * max(finite, default=1.0) or 1.0)
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
@@ -923,11 +924,13 @@ def first_epoch(values, reached):
 
 def print_table(rows, columns):
     """rows as a table; columns: [(header, key, format spec)], None shown as '-'."""
-    widths = [max(len(h), 8) for h, _, _ in columns]
-    print("\n" + " ".join(f"{h:>{w}s}" for (h, _, _), w in zip(columns, widths)))
-    for r in rows:
-        cells = ["-" if r.get(k) is None else format(r[k], spec) for _, k, spec in columns]
-        print(" ".join(f"{c:>{w}s}" for c, w in zip(cells, widths)))
+    cells = [["-" if r.get(k) is None else format(r[k], spec) for _, k, spec in columns]
+             for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, (h, _, _) in
+              enumerate(columns)]
+    print("\n" + "  ".join(f"{h:>{w}s}" for (h, _, _), w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(f"{c:>{w}s}" for c, w in zip(row, widths)))
 
 
 class Progress:
