@@ -188,10 +188,15 @@ SEEN_LAYERS = ("conv1_2", "conv2_2", "conv3_2")  # the last conv of each stage
 
 
 def cnn_figures(net, settings, result, folder, loaders, partition, args):
-    """A run's own figures as save jobs: filters.png, what each layer sees, model.pt."""
+    """A run's own files as save jobs: confusion.png, filters.png, what each layer sees
+    (features.png, top_patches.png), model.pt."""
     tag, name = common.data_tag(partition["kind"]), os.path.basename(folder)
     jobs = [(os.path.join(folder, "filters.png"), lambda path: common.save_figure(
         plot_filters(net.conv1_1.weight, f"{name}: conv1_1 filters{tag}"), path, args.show))]
+    if result["test_confusion"] is not None:
+        jobs.insert(0, (os.path.join(folder, "confusion.png"), lambda path: common.save_figure(
+            common.plot_confusion(result["test_confusion"], partition["classes"],
+                                  f"{name}: confusion matrix (test){tag}"), path, args.show)))
     if result["train_losses"] and all(torch.isfinite(p).all() for p in net.parameters()):
         took, figures = layer_figures(net, partition, loaders, settings["precision"], folder,
                                       args.show)

@@ -820,7 +820,7 @@ def set_deterministic():
 
 def train_runs(runs, partition, device, out_dir, show=False):
     """Train each run and save it in a new folder OUT_DIR/NAME: result.json, loss.png,
-    accuracy.png, confusion.png and the run's own files. A run is a dict: name, build (a
+    accuracy.png and the run's own files. A run is a dict: name, build (a
     constructor), settings (experiment's, plus model, precision, seed, augment,
     train_batch_size, test_batch_size), and optionally jobs(net, settings, result, folder,
     loaders) -> [(path, write)], row (extra numbers for its row) and batch_option (named
@@ -878,10 +878,6 @@ def train_runs(runs, partition, device, out_dir, show=False):
                     plot_loss_variation(result, f"{label}: loss{tag}"), p, show)),
                 (os.path.join(folder, "accuracy.png"), lambda p: save_figure(
                     plot_acc_variation(result, f"{label}: accuracy{tag}"), p, show))]
-        if result["test_confusion"] is not None:
-            jobs.append((os.path.join(folder, "confusion.png"), lambda p: save_figure(
-                plot_confusion(result["test_confusion"], partition["classes"],
-                               f"{label}: confusion matrix (test){tag}"), p, show)))
         if "jobs" in run:
             jobs += run["jobs"](net, settings, result, folder, loaders)
         accs = ", ".join(f"{k} acc {result[k + '_acc']:.2f}%" for k in ("val", "test")
