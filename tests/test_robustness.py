@@ -405,3 +405,16 @@ def test_experiment_scales_the_loss_only_for_fp16(dtype, scaled, monkeypatch):
     common.experiment(cnn_train.CNN(), {"train": batches, "val": batches, "test": batches},
                       settings, "cpu", log=lambda *_: None, amp_dtype=dtype)
     assert made[0] == scaled
+
+
+def test_fp16_with_loss_scaling_trains_on_the_cpu_too():
+    """The T4 path (fp16 autocast + GradScaler, unscaled before clipping) run for real."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3, 32, 32), torch.arange(32) % 10
+    batches = [(x, y)] * 4
+    settings = dict(optim="SGD", lr=0.01, l2=0.0, momentum=0.9, epochs=3, clip_grad=5.0)
+    _, result = common.experiment(cnn_train.CNN(), {"train": batches, "val": batches[:1],
+                                                    "test": batches[:1]}, settings, "cpu",
+                                  log=lambda *_: None, amp_dtype=torch.float16)
+    assert result["status"] == "completed"
+    assert result["train_losses"][-1] < result["train_losses"][0]
