@@ -345,6 +345,8 @@ def test_seed_out_of_range_exits_2(script, seed, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--label-smoothing", "1.5"], "must be between 0 and 1"),
+    (["--epochs", "abc"], "--epochs: not a number: abc"),
+    (["--lr", "nan"], "--lr: must be a positive number, got nan"),
     (["--lr", "0.1", "0.01", "--act", "relu", "tanh"], "only one option may take several"),
 ])
 def test_03_refuses_with_one_line(argv, message, capsys):
