@@ -215,28 +215,29 @@ def plot_filters(weight, title=""):
     """The 16 learned 3x3x3 filters of the first layer on one shared scale: the RGB
     filter (grey = 0), then its red, green and blue weights (blue < 0 < red)."""
     w = weight.detach().float().cpu()                                  # (16, 3, 3, 3)
-    fig, axes = common.plt.subplots(4, 1, figsize=(9, 3.9))
+    fig, axes = common.plt.subplots(2, 2, figsize=(8, 3.4), constrained_layout=True)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     if not torch.isfinite(w).all():
-        for ax in axes:
-            ax.axis("off")
         fig.text(0.5, 0.45, "the weights are NaN or infinite: the run diverged",
                  ha="center", va="center")
         fig.suptitle(title)
         return fig
     top = w.abs().max().item() or 1.0
     rgb = [(0.5 + 0.5 * f / top).clamp(0, 1) for f in w]              # one scale for all
-    axes[0].imshow(mosaic(rgb, per_row=16, fill=1.0), interpolation="nearest")
-    for c in range(3):
-        im = axes[c + 1].imshow(mosaic([f[c:c + 1] for f in w], per_row=16)[..., 0],
-                                cmap="bwr", vmin=-top, vmax=top, interpolation="nearest")
-    for ax, text in zip(axes, ("RGB", "red", "green", "blue")):
-        ax.set_yticks([])
-        ax.set_ylabel(text, fontsize=8, rotation=0, ha="right", va="center")
-        ax.set_xticks([4 * i + 1 for i in range(16)], [str(i) for i in range(16)] if
-                      ax is axes[0] else [], fontsize=7)
-    fig.colorbar(im, ax=axes.tolist(), fraction=0.02, pad=0.01, label="weight")
-    fig.suptitle(f"{title}\none column per filter; an edge detector shows a red/blue split, "
-                 f"a colour detector one channel unlike the others", fontsize=9)
+    axes[0, 0].imshow(mosaic(rgb, per_row=8, fill=1.0), interpolation="nearest")
+    for ax, c in zip(axes.flat[1:], range(3)):
+        im = ax.imshow(mosaic([f[c:c + 1] for f in w], per_row=8)[..., 0], cmap="bwr",
+                       vmin=-top, vmax=top, interpolation="nearest")
+    for ax, text in zip(axes.flat, ("RGB (grey = 0)", "red weights", "green weights",
+                                    "blue weights")):
+        ax.set_title(text, fontsize=9, pad=9)
+        for i in range(16):  # the filter's number above its cell
+            ax.text(4 * (i % 8) + 1, 4 * (i // 8) - 0.7, str(i), ha="center", fontsize=6)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="weight")
+    fig.suptitle(f"{title}\nan edge detector shows a red/blue split, a colour detector one "
+                 f"channel unlike the others", fontsize=9)
     return fig
 
 
