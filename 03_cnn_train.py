@@ -468,11 +468,9 @@ def timed_epoch(net, loaders, args, device, precision):
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr[0], momentum=args.momentum,
                                 weight_decay=args.l2[0], nesterov=args.momentum > 0)
     dtype = common.AMP_DTYPES[precision]
-    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
     common.synchronize(device)
     start = time.perf_counter()
-    common.train(net, loaders["train"], optimizer, criterion, device, amp_dtype=dtype,
-                 scaler=scaler)
+    common.train(net, loaders["train"], optimizer, criterion, device, amp_dtype=dtype)
     common.validate(net, loaders["val"], criterion, device, amp_dtype=dtype)
     common.synchronize(device)
     return time.perf_counter() - start

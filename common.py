@@ -62,11 +62,13 @@ def train(net, loader, optimizer, criterion, device, scheduler=None, amp_dtype=N
     when training diverged.
 
     Gradients are zeroed before every step (the notebook zeroed them once per epoch).
-    fp16 needs a torch.amp.GradScaler as scaler. A net with auxiliary classifiers
-    (GoogLeNet) returns (logits, aux_logits) in training; their loss counts aux_weight.
+    fp16 scales the loss (torch.amp.GradScaler; pass one to keep its scale across epochs).
+    A net with auxiliary classifiers (GoogLeNet) returns (logits, aux_logits) in training;
+    their loss counts aux_weight.
     """
     device = torch.device(device)
-    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)  # no-op when off
+    if scaler is None:  # a pass-through unless fp16
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     net.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -836,7 +838,8 @@ def train_runs(runs, partition, device, out_dir, show=False):
                                settings["test_batch_size"], settings["augment"],
                                settings["seed"])
         folder = reserve(os.path.join(out_dir, name), folder=True)
-        print(f"== {os.path.basename(folder)}: {count_params(net):,} params, "
+        params = count_params(net)
+        print(f"== {os.path.basename(folder)}: {params:,} params, "
               f"{settings['optim']} lr {settings['lr']:g}, l2 {settings['l2']:g}"
               f"{', act ' + settings['act'] if 'act' in settings else ''}, "
               f"{epochs_text(settings['epochs'])} -> {folder}")
@@ -857,7 +860,7 @@ def train_runs(runs, partition, device, out_dir, show=False):
             return rows, 1
         secs = result["epoch_seconds"]
         row = {"model": name, "lr": settings["lr"], "l2": settings["l2"],
-               "params": count_params(net), "val_acc": result["val_acc"],
+               "params": params, "val_acc": result["val_acc"],
                "test_acc": result["test_acc"],
                "seconds_per_epoch": round(sum(secs) / len(secs), 2) if secs else None,
                "status": result["status"], "folder": folder, **run.get("row", {})}

@@ -420,3 +420,16 @@ def test_fp16_with_loss_scaling_trains_on_the_cpu_too():
                                   log=lambda *_: None, amp_dtype=torch.float16)
     assert result["status"] == "completed"
     assert result["train_losses"][-1] < result["train_losses"][0]
+
+
+def test_train_alone_scales_an_fp16_loss(monkeypatch):
+    made, real = [], torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda device, enabled=True: made.append(enabled) or real(device, False))
+    monkeypatch.setattr(common, "autocast", lambda *a: contextlib.nullcontext())  # fp32 maths
+    net = cnn_train.CNN()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    batches = [(torch.randn(4, 3, 32, 32), torch.arange(4))]
+    for dtype in (None, torch.bfloat16, torch.float16):
+        common.train(net, batches, opt, torch.nn.CrossEntropyLoss(), "cpu", amp_dtype=dtype)
+    assert made == [False, False, True]
