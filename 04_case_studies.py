@@ -656,13 +656,14 @@ def plot_imagenet(title="ILSVRC classification: the winners' top-5 error"):
 
 # ============================================================================ --train
 
-def training_run(name, build_model, lr, l2, args, precision, aux=False):
-    """One run for common.train_runs under the shared budget of --train and --claim."""
+def training_run(name, build_model, lr, l2, args, precision, **changes):
+    """One run for common.train_runs under the shared budget of --train and --claim;
+    changes replace settings (aux=True, seed, a claim's own recipe)."""
     settings = {"model": name, "optim": "SGD", "momentum": 0.9, "lr": lr, "l2": l2,
                 "epochs": args.epochs, "schedule": "onecycle", "precision": precision,
                 "train_batch_size": args.batch_size, "test_batch_size": 500,
-                "augment": args.augment, "aux": aux, "seed": args.seed, "data": args.data,
-                "limit": args.limit}
+                "augment": args.augment, "aux": False, "seed": args.seed, "data": args.data,
+                "limit": args.limit, **changes}
     return {"name": name, "build": build_model, "settings": settings,
             "row": {"macs": image_macs(build_model())}}
 
@@ -681,7 +682,7 @@ def train_models(names, args, device, precision):
         aux = name == "googlenet" and args.aux
         runs.append(training_run(name, functools.partial(GoogLeNet, aux=True) if aux else ctor,
                                  args.lr or lr, l2 if args.l2 is None else args.l2, args,
-                                 precision, aux))
+                                 precision, aux=aux))
     rows, status = common.train_runs(runs, partition, device, out, args.show)
     if not rows:
         return status
@@ -710,9 +711,222 @@ def print_results(rows):
 
 
 # ============================================================================ the slides' claims
-# Each claim trains the few networks it needs under one shared budget (common.train_runs),
-# draws the figure that shows the effect, and prints the paper's number beside ours with a
-# verdict decided by the rule written in its `rule` line, fixed before any run.
+# A claim is one or more parts. Each part compares networks by one number, under a rule
+# written here before any run: every network trains with several seeds (--seeds), and an
+# effect counts only when it beats the spread between those seeds by a fixed margin. A part
+# whose networks learned too little to show the effect is inconclusive, never 'holds'.
+
+MARGIN = {"points": 1.0, "epochs": 1.0}  # what an effect must beat the seed spread by
+LEARNED = 25.0  # val accuracy (%) a network must pass to count as having learned (chance: 10%)
+SAME = 3.0      # points within which two networks count as training alike (the aux claim)
+
+
+def decide(gain, spread, unit, no_power=None):
+    """The rule of every part: 'holds' when the claimed gain beats the seed spread by the
+    margin, 'contradicted' when the opposite effect does, else 'inconclusive'.
+    Returns (verdict, reason or None)."""
+    margin = MARGIN[unit]
+    if no_power:
+        return "inconclusive", f"no power: {no_power}"
+    if gain > spread + margin:
+        return "holds", None
+    if gain < -(spread + margin):
+        return "contradicted", None
+    return "inconclusive", (f"within noise: the gain {gain:+.2f} {unit} does not beat the "
+                            f"seed spread {spread:.2f} + margin {margin:g}")
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def spread(*groups):
+    """The largest range between seeds among the groups (lists of per-seed values)."""
+    return max(max(g) - min(g) for g in groups)
+
+
+def shown(values, unit, cap=None):
+    """Per-seed values for the printout: '5.1, 6.3 points' or '4, >10 epochs'."""
+    return ", ".join(f">{cap}" if cap is not None and v > cap else f"{v:g}"
+                     for v in values) + f" {unit}"
+
+
+def better(name, rule, values, a, b, unit, lower=True, no_power=None, cap=None):
+    """A part 'a beats b' from values = {run: [one number per seed]}; lower=True when a
+    smaller number is better (errors, epochs). An epoch count of cap + 1 means 'not
+    reached within cap epochs' and counts as more."""
+    gain = (mean(values[b]) - mean(values[a])) if lower else (mean(values[a]) - mean(values[b]))
+    noise = spread(values[a], values[b])
+    verdict, reason = decide(gain, noise, unit, no_power)
+    return {"name": name, "rule": rule, "verdict": verdict, "reason": reason,
+            "gain": round(gain, 2), "seed_spread": round(noise, 2), "unit": unit,
+            "values": {a: values[a], b: values[b]},
+            "ours": f"{a} {shown(values[a], unit, cap)}; {b} {shown(values[b], unit, cap)}; "
+                    f"gain {gain:+.2f}, seed spread {noise:.2f}"}
+
+
+def fixed_part(name, rule, ours, true):
+    """A part decided by arithmetic, not by training (weights, mult-adds): no seed noise."""
+    return {"name": name, "rule": rule, "ours": ours, "reason": None,
+            "verdict": "holds" if true else "contradicted"}
+
+
+def claim_verdict(parts):
+    verdicts = [p["verdict"] for p in parts]
+    return ("holds" if all(v == "holds" for v in verdicts) else
+            "contradicted" if "contradicted" in verdicts else "inconclusive")
+
+
+def per_seed(rows, key, at=-1):
+    """One number per seed: result[key][at] of each seed's row."""
+    return [r["result"][key][at] for r in rows]
+
+
+def epochs_to(rows, key, reached):
+    """Per seed, the first epoch at which reached(result[key][epoch]); epochs + 1 if never."""
+    return [common.first_epoch(r["result"][key], reached) or r["settings"]["epochs"] + 1
+            for r in rows]
+
+
+def learned(rows_by_run, names):
+    """The 'no power' reason when a run's mean best val accuracy stays below LEARNED."""
+    weak = {n: mean([max(r["result"]["val_accs"], default=0) for r in rows_by_run[n]])
+            for n in names}
+    weak = {n: v for n, v in weak.items() if v < LEARNED}
+    return ", ".join(f"{n} best val {v:.1f}%" for n, v in weak.items()) + \
+        f" (must pass {LEARNED:g}%)" if weak else None
+
+
+def curves(rows_by_run, key, error=False):
+    """{run: [per-seed curve]} for a figure panel; error=True turns accuracies into errors."""
+    return {n: [[round(100 - v, 2) if error else v for v in r["result"][key]] for r in rows]
+            for n, rows in rows_by_run.items()}
+
+
+# ---------------------------------------------------------------------------- relu vs tanh
+
+# CIFAR-10's per-channel mean and std of the training images, on the 0-1 scale
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+class CudaConvnet(nn.Module):
+    """The network of AlexNet's Figure 1 (Krizhevsky et al. 2012): the CIFAR-10 example
+    layers-19pct.cfg of Krizhevsky's cuda-convnet. paper=True also takes its init (weights
+    N(0, 1e-4) in conv1 and N(0, 1e-2) elsewhere, biases 0) and inputs (raw 0-255 pixels
+    minus the mean; we subtract the per-channel mean, not the mean image); paper=False takes
+    Glorot (tanh) or He (relu) init and standardised inputs."""
+
+    def __init__(self, act="relu", paper=True, num_classes=10):
+        super().__init__()
+        f = {"relu": nn.ReLU, "tanh": nn.Tanh}[act]
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(3, 2, ceil_mode=True), f(),
+            nn.Conv2d(32, 32, 5, padding=2), f(), nn.AvgPool2d(3, 2, ceil_mode=True),
+            nn.Conv2d(32, 64, 5, padding=2), f(), nn.AvgPool2d(3, 2, ceil_mode=True),
+            nn.Flatten(), nn.Linear(64 * 4 * 4, num_classes))
+        # our loaders give (x - 0.5) / 0.5 per pixel; one affine map per channel turns that
+        # into the inputs wanted: raw pixels minus the mean, or standardised per channel
+        mean, std = torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD)
+        scale, shift = (torch.full((3,), 127.5), 127.5 - 255 * mean) if paper else \
+            (0.5 / std, (0.5 - mean) / std)
+        self.register_buffer("scale", scale.view(1, 3, 1, 1))
+        self.register_buffer("shift", shift.view(1, 3, 1, 1))
+        layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        for i, m in enumerate(layers):
+            if paper:
+                nn.init.normal_(m.weight, 0.0, 1e-4 if i == 0 else 1e-2)
+            elif act == "relu":
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x):                     # (B, 3, 32, 32) -> 16x16 -> 8x8 -> 4x4
+        return self.features(x * self.scale + self.shift)   # (B, 10)
+
+
+RELU_TARGET = 25.0  # training error (%) of the paper's Figure 1
+SETUPS = {"paper": "the paper's init and inputs", "modern": "Glorot/He init, standardised inputs"}
+# Each (activation, setup)'s learning rate: the one of TUNE_LRS with the lowest training error
+# after TUNE_EPOCHS epochs on the quick budget's images, one seed (`--claim relu --tune`
+# reruns this sweep; README gives its numbers).
+TUNE_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+TUNE_EPOCHS = 3
+RELU_LRS = {("relu", "paper"): 1e-3, ("tanh", "paper"): 1e-3,
+            ("relu", "modern"): 1e-2, ("tanh", "modern"): 1e-2}
+PAPER_RECIPE = {"momentum": 0.9, "schedule": "none", "augment": False}  # no regularisation
+
+
+def tune_relu_lrs(train_all):
+    """The short lr sweep behind RELU_LRS: {(act, setup): (lr, {lr: training error})}."""
+    runs = {(act, setup, lr): f"{act}_{setup}_lr{lr:g}" for act in ("relu", "tanh")
+            for setup in SETUPS for lr in TUNE_LRS}
+    r = train_all([(name, functools.partial(CudaConvnet, act, setup == "paper"), lr, 0.0,
+                    dict(PAPER_RECIPE, epochs=TUNE_EPOCHS))
+                   for (act, setup, lr), name in runs.items()], seeds=1)
+    found = {}
+    for (act, setup, lr), name in runs.items():
+        row = r[name][0]
+        error = 100 - row["result"]["train_accs"][-1] if row["status"] == "completed" \
+            and row["result"]["train_accs"] else None
+        found.setdefault((act, setup), {})[lr] = error
+    best = {key: min(((e, lr) for lr, e in errors.items() if e is not None),
+                     default=(None, RELU_LRS[key]))[1] for key, errors in found.items()}
+    return {key: (best[key], errors) for key, errors in found.items()}
+
+
+def claim_relu(train_all, args):
+    """Krizhevsky et al. 2012, Figure 1, on its own network, init and inputs; beside it the
+    same two activations with a modern init and inputs."""
+    lrs, sweep = dict(RELU_LRS), None
+    if args.tune:
+        sweep = tune_relu_lrs(train_all)
+        lrs = {key: lr for key, (lr, _) in sweep.items()}
+    r = train_all([(f"{act}_{setup}", functools.partial(CudaConvnet, act, setup == "paper"),
+                    lrs[act, setup], 0.0, PAPER_RECIPE)
+                   for setup in SETUPS for act in ("relu", "tanh")])
+    cap = r["relu_paper"][0]["settings"]["epochs"]
+    reach = {k: epochs_to(v, "train_accs", lambda a: 100 - a < RELU_TARGET)
+             for k, v in r.items()}
+
+    def part(setup):
+        relu = reach[f"relu_{setup}"]
+        return better(f"ReLU reaches {RELU_TARGET:g}% training error in fewer epochs than "
+                      f"tanh ({SETUPS[setup]})",
+                      f"holds when tanh's mean epochs to {RELU_TARGET:g}% training error "
+                      f"minus ReLU's beat the seed spread + {MARGIN['epochs']:g} epoch (not "
+                      f"reached = more than {cap}); inconclusive when a ReLU seed does not "
+                      f"reach it", reach, f"relu_{setup}", f"tanh_{setup}", "epochs",
+                      no_power=(f"ReLU did not reach {RELU_TARGET:g}% training error within "
+                                f"{common.epochs_text(cap)}" if max(relu) > cap else None), cap=cap)
+
+    paper, modern = part("paper"), part("modern")
+    for p, setup in ((paper, "paper"), (modern, "modern")):
+        relu, tanh = mean(reach[f"relu_{setup}"]), mean(reach[f"tanh_{setup}"])
+        if max(reach[f"relu_{setup}"]) <= cap:
+            p["ours"] += (f"; tanh/ReLU {'>= ' if max(reach[f'tanh_{setup}']) > cap else ''}"
+                          f"{min(tanh, cap) / relu:.1f}x (paper: about 6x)")
+    return {
+        "paper": "Krizhevsky, Sutskever and Hinton 2012 (NIPS), section 3.1 and Figure 1: "
+                 "a four-layer CNN with ReLUs reaches 25% training error on CIFAR-10 six "
+                 "times faster than the same network with tanh (about 6 vs 36 epochs)",
+        "parts": [paper],
+        "conditions": [modern],
+        "changes": "the init and inputs: with the paper's tiny init tanh stays nearly linear "
+                   "until its weights grow; Glorot/He init makes tanh non-linear from the "
+                   "first step (the 'conditions' line). Also the budget: tanh is capped at "
+                   f"{common.epochs_text(cap)}",
+        "numbers": {"epochs_to_target": reach, "target_train_error": RELU_TARGET,
+                    "lrs": {f"{a}_{s}": lr for (a, s), lr in lrs.items()},
+                    "lr_sweep": sweep and {f"{a}_{s}": {f"{lr:g}": e for lr, e in errs.items()}
+                                           for (a, s), (_, errs) in sweep.items()}},
+        "panels": [("training error (%)", curves(r, "train_accs", error=True),
+                    {"y": RELU_TARGET}),
+                   ("training loss", curves(r, "train_losses"), {})],
+    }
+
+
+# ---------------------------------------------------------------------------- section 3.4
 
 class SmallVGG(nn.Module):
     """The VGG rule in one net (Simonyan and Zisserman 2015, section 2.3): a 3x3 stem to C
@@ -750,157 +964,198 @@ def body_weights(net):
             for body in net.bodies]
 
 
-# quick: at most 10 minutes per claim on 2 CPU cores (measured); full: a GPU budget.
-# limit = images per split (train, val, test); epochs; None = the whole data set.
-BUDGETS = {
-    "degradation": {"quick": (3000, 10), "full": (None, 40)},
-    "batchnorm": {"quick": (3000, 10), "full": (None, 30)},
-    "aux": {"quick": (1500, 8), "full": (None, 30)},
-    "3x3": {"quick": (5000, 15), "full": (None, 30)},
-    "regularization": {"quick": (2000, 12), "full": (5000, 60)},
-}
+def claim_degradation(train_all, args):
+    """He et al. 2016, Figures 1 and 6, Table 6: two early effects and one late one."""
+    r = train_all([(name, model_spec(name)[0], 0.1, 1e-4)
+                   for name in ("plain20", "plain56", "resnet20", "resnet56")])
+    train_err = {k: [round(100 - a, 2) for a in per_seed(v, "train_accs")] for k, v in r.items()}
+    val_err = {k: [round(100 - a, 2) for a in per_seed(v, "val_accs")] for k, v in r.items()}
+    late = better("deeper residual is better: ResNet-56 has lower val error than ResNet-20",
+                  "holds when ResNet-20's mean final val error minus ResNet-56's beats the "
+                  "seed spread + 1 point; at the quick budget inconclusive by rule",
+                  val_err, "resnet56", "resnet20", "points",
+                  no_power=learned(r, ("resnet20", "resnet56")))
+    if args.budget == "quick":
+        late.update(verdict="inconclusive", reason="an end-of-schedule effect (ResNet-56 "
+                    "first passes ResNet-20 after about 26 of 164 epochs in a faithful "
+                    "reproduction): needs --budget full")
+    return {
+        "paper": "He, Zhang, Ren, Sun 2016 (CVPR), CIFAR-10, Figures 1 and 6: the 56-layer "
+                 "plain net has higher training error than the 20-layer one from the start; "
+                 "with shortcuts the deeper net trains better and ends better (Table 6: "
+                 "ResNet-20 8.75%, ResNet-56 6.97% test error)",
+        "parts": [
+            better("deeper plain trains worse: plain-56 has higher training error than "
+                   "plain-20", "holds when plain-56's mean final training error minus "
+                   "plain-20's beats the seed spread + 1 point", train_err, "plain20",
+                   "plain56", "points", no_power=learned(r, ("plain20",))),
+            better("shortcuts fix it: ResNet-56 has lower training error than plain-56",
+                   "holds when plain-56's mean final training error minus ResNet-56's beats "
+                   "the seed spread + 1 point", train_err, "resnet56", "plain56", "points",
+                   no_power=learned(r, ("resnet56",))),
+            late],
+        "changes": "the budget: the first two are early effects (minutes); the third needs "
+                   "the full schedule. Batch norm in every block is what lets plain-56 train "
+                   "at all",
+        "numbers": {"final_train_error": train_err, "final_val_error": val_err},
+        "panels": [("training error (%)", curves(r, "train_accs", error=True), {}),
+                   ("val error (%)", curves(r, "val_accs", error=True), {})],
+    }
+
+
 BN_TARGET = 40.0  # val accuracy (%) the batchnorm claim counts epochs to, fixed in advance
 
 
-def last(row, key):
-    values = row["result"][key]
-    return values[-1] if values else None
-
-
-def error_curve(accuracies):
-    return [None if v is None else round(100 - v, 2) for v in accuracies]
-
-
-def claim_degradation(train_all):
-    """He et al. 2016, Figures 1 and 6, Table 6."""
-    r = train_all([(name, model_spec(name)[0], 0.1, 1e-4)
-                   for name in ("plain20", "plain56", "resnet20", "resnet56")])
-    train_err = {k: 100 - last(v, "train_accs") for k, v in r.items()}
-    val_err = {k: 100 - last(v, "val_accs") for k, v in r.items()}
-    deeper_plain_worse = train_err["plain56"] > train_err["plain20"]
-    deeper_res_better = val_err["resnet56"] < val_err["resnet20"]
+def claim_batchnorm(train_all, args):
+    """Ioffe and Szegedy 2015: BN alone reached the same accuracy in fewer steps."""
+    lr = MODELS["vgg"][1]
+    r = train_all([(name, MODELS[name][0], lr, 5e-4) for name in ("vgg", "vgg_bn")])
+    cap = r["vgg"][0]["settings"]["epochs"]
+    reach = {k: epochs_to(v, "val_accs", lambda a: a >= BN_TARGET) for k, v in r.items()}
+    part = better(f"VGG-11 with batch norm reaches {BN_TARGET:g}% val accuracy in fewer "
+                  f"epochs at the same lr {lr:g}",
+                  f"holds when VGG-11's mean epochs to {BN_TARGET:g}% val accuracy minus "
+                  f"VGG-11-BN's beat the seed spread + 1 epoch (not reached = more than "
+                  f"{cap}); inconclusive when a BN seed does not reach it", reach, "vgg_bn",
+                  "vgg", "epochs", cap=cap,
+                  no_power=(f"VGG-11-BN did not reach {BN_TARGET:g}% within "
+                            f"{common.epochs_text(cap)}"
+                            if max(reach["vgg_bn"]) > cap else None))
     return {
-        "claim": "He, Zhang, Ren, Sun 2016 (CVPR), CIFAR-10, Figures 1 and 6: the 56-layer "
-                 "plain net has higher training error than the 20-layer one; with shortcuts "
-                 "the deeper net is better (Table 6: ResNet-20 8.75%, ResNet-56 6.97% test "
-                 "error)",
-        "rule": "holds when plain-56's final training error > plain-20's AND ResNet-56's "
-                "final val error < ResNet-20's",
-        "numbers": {"final_train_error": train_err, "final_val_error": val_err},
-        "ours": f"final training error plain-20 {train_err['plain20']:.2f}%, plain-56 "
-                f"{train_err['plain56']:.2f}%; val error ResNet-20 {val_err['resnet20']:.2f}%, "
-                f"ResNet-56 {val_err['resnet56']:.2f}%",
-        "holds": deeper_plain_worse and deeper_res_better,
-        "panels": [("training error (%)", {k: error_curve(v["result"]["train_accs"])
-                                           for k, v in r.items()}),
-                   ("val error (%)", {k: error_curve(v["result"]["val_accs"])
-                                      for k, v in r.items()})],
+        "paper": "Ioffe and Szegedy 2015 (ICML), Figure 2: batch norm alone (BN-Baseline) "
+                 "reached Inception's accuracy in less than half the steps; with a higher lr "
+                 "and other changes in 14x fewer",
+        "parts": [part],
+        "changes": f"the target ({BN_TARGET:g}% val) and the lr: both nets train at VGG-11's "
+                   f"own lr {lr:g}; BN's larger gains need a larger lr, which plain VGG-11 "
+                   f"does not survive",
+        "numbers": {"epochs_to_target": reach, "target_val_acc": BN_TARGET},
+        "panels": [("val accuracy (%)", curves(r, "val_accs"), {"y": BN_TARGET}),
+                   ("training loss", curves(r, "train_losses"), {})],
     }
 
 
-def claim_batchnorm(train_all):
-    """Ioffe and Szegedy 2015."""
-    base_lr = MODELS["vgg"][1]
-    r = train_all([(f"{name}_lr{lr:g}", MODELS[name][0], lr, 5e-4)
-                   for lr in (base_lr, 5 * base_lr) for name in ("vgg", "vgg_bn")])
-    reached = {k: common.first_epoch(v["result"]["val_accs"], lambda a: a >= BN_TARGET)
-               for k, v in r.items()}
-    fate = {k: ("diverged" if v["status"] == "diverged" else
-                "stalled" if max(v["result"]["val_accs"], default=0) < 15 else "learned")
-            for k, v in r.items()}
-    plain, bn = reached[f"vgg_lr{base_lr:g}"], reached[f"vgg_bn_lr{base_lr:g}"]
-    holds = bn is not None and (plain is None or bn <= plain / 2)
-    return {
-        "claim": "Ioffe and Szegedy 2015 (ICML): batch norm reached the same accuracy in 14x "
-                 "fewer steps (with a higher lr and other changes), and in less than half "
-                 "the steps with BN alone",
-        "rule": f"holds when VGG-11-BN reaches {BN_TARGET:.0f}% val accuracy in at most half "
-                f"the epochs VGG-11 needs at the same lr {base_lr:g} (VGG-11 not reaching it "
-                f"counts as more)",
-        "numbers": {"epochs_to_target": reached, "target_val_acc": BN_TARGET, "fate": fate},
-        "ours": ", ".join(f"{k}: {'epoch ' + str(v) if v else 'not reached'} ({fate[k]})"
-                          for k, v in reached.items()),
-        "holds": holds,
-        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
-                   ("training loss", {k: v["result"]["train_losses"] for k, v in r.items()})],
-    }
-
-
-def claim_aux(train_all):
-    """Szegedy et al. 2015 and 2016."""
+def claim_aux(train_all, args):
+    """Szegedy et al. 2016 (Inception-v3, section 4): no faster early training."""
     ctor, lr, l2 = MODELS["googlenet"]
     r = train_all([("googlenet", ctor, lr, l2),
-                   ("googlenet_aux", functools.partial(GoogLeNet, aux=True), lr, l2, True)])
-    first = {k: v["result"]["val_accs"][0] for k, v in r.items()}
-    final = {k: last(v, "val_accs") for k, v in r.items()}
-    gaps = [abs(first["googlenet_aux"] - first["googlenet"]),
-            abs(final["googlenet_aux"] - final["googlenet"])]
+                   ("googlenet_aux", functools.partial(GoogLeNet, aux=True), lr, l2,
+                    {"aux": True})])
+    acc = curves(r, "val_accs")
+    means = {k: [mean(seeds) for seeds in zip(*v)] for k, v in acc.items()}
+    # the checkpoints: every epoch at which both runs are, on average, past LEARNED
+    points = [e for e, (a, b) in enumerate(zip(means["googlenet"], means["googlenet_aux"]), 1)
+              if min(a, b) >= LEARNED]
+    gaps = {e: round(means["googlenet_aux"][e - 1] - means["googlenet"][e - 1], 2)
+            for e in points}
+    noise = max((spread([s[e - 1] for s in acc["googlenet"]],
+                         [s[e - 1] for s in acc["googlenet_aux"]]) for e in points), default=0)
+    if not points:
+        verdict, reason = "inconclusive", (f"no power: the two nets were never both past "
+                                           f"{LEARNED:g}% val accuracy")
+    elif all(abs(g) <= SAME for g in gaps.values()) and noise <= SAME:
+        verdict, reason = "holds", None
+    elif any(abs(g) > SAME + noise for g in gaps.values()):
+        verdict, reason = "contradicted", None
+    else:
+        verdict, reason = "inconclusive", (f"within noise: gaps up to {max(map(abs, gaps.values())):.2f} "
+                                           f"points, seed spread {noise:.2f}")
+    part = {"name": "the auxiliary classifier does not speed early training",
+            "rule": f"at every epoch where both nets are past {LEARNED:g}% val accuracy: "
+                    f"holds when aux - plain stays within +-{SAME:g} points and the seed "
+                    f"spread is at most {SAME:g}; contradicted when they differ by more than "
+                    f"{SAME:g} + the spread; inconclusive otherwise or with no such epoch",
+            "ours": ("val accuracy aux - plain at epochs " + ", ".join(
+                f"{e}: {g:+.2f}" for e, g in gaps.items()) + f"; seed spread {noise:.2f}")
+            if points else "never both past the threshold: best mean val accuracy " +
+            ", ".join(f"{k} {max(v):.1f}%" for k, v in means.items()),
+            "verdict": verdict, "reason": reason, "gaps": gaps, "seed_spread": round(noise, 2)}
     return {
-        "claim": "Szegedy et al. 2015 added auxiliary classifiers (loss weight 0.3) against "
-                 "vanishing gradients; Szegedy et al. 2016 (Inception-v3, section 4) found "
-                 "they do not speed early training and act as regularisers. With batch norm "
-                 "everywhere, expect a difference near noise",
-        "rule": "holds when the aux and plain runs differ by at most 2 points of val accuracy "
-                "after epoch 1 and at the end",
-        "numbers": {"val_acc_after_epoch_1": first, "final_val_acc": final},
-        "ours": f"val accuracy after epoch 1: {first['googlenet']:.2f}% without, "
-                f"{first['googlenet_aux']:.2f}% with aux; at the end {final['googlenet']:.2f}% "
-                f"vs {final['googlenet_aux']:.2f}%",
-        "holds": max(gaps) <= 2.0,
-        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
-                   ("val loss (main head)", {k: v["result"]["val_losses"]
-                                             for k, v in r.items()})],
+        "paper": "Szegedy et al. 2015 added auxiliary classifiers (loss weight 0.3) against "
+                 "vanishing gradients; Szegedy et al. 2016 (Inception-v3, section 4): 'the "
+                 "training progression of network with and without side head looks virtually "
+                 "identical before both models reach high accuracy'",
+        "parts": [part],
+        "changes": "power: the nets must learn before 'no faster' means anything; near the "
+                   "end of a long schedule the aux net overtakes (a regulariser)",
+        "numbers": {"val_acc_mean": means, "checkpoints": points},
+        "panels": [("val accuracy (%)", acc, {"y": LEARNED}),
+                   ("val loss (main head)", curves(r, "val_losses"), {})],
     }
 
 
-def claim_3x3(train_all):
-    """Simonyan and Zisserman 2015."""
+def claim_3x3(train_all, args):
+    """Simonyan and Zisserman 2015, section 2.3 and Table 3 (net B vs its 5x5 variant)."""
     r = train_all([(name, *MODELS[name]) for name in ("vgg3x3", "vgg5x5")])
     body = {k: body_weights(SmallVGG(int(k[3]))) for k in r}
-    acc = {k: last(v, "val_accs") for k, v in r.items()}
+    params = {k: v[0]["params"] for k, v in r.items()}
+    macs = {k: v[0]["macs"] for k, v in r.items()}
+    acc = {k: per_seed(v, "val_accs") for k, v in r.items()}
     return {
-        "claim": "Simonyan and Zisserman 2015 (ICLR), section 2.3 and Table 3: two 3x3 convs "
-                 "see what one 5x5 sees with 18C^2 instead of 25C^2 weights and one more "
-                 "non-linearity; their net B with 5x5 convs had 7% higher top-1 error",
-        "rule": "holds when the two-3x3 net has fewer weights and mult-adds AND at least the "
-                "val accuracy of the one-5x5 net",
-        "numbers": {"params": {k: v["params"] for k, v in r.items()},
-                    "macs": {k: v["macs"] for k, v in r.items()},
-                    "conv_body_weights": body, "final_val_acc": acc},
-        "ours": f"3x3: {r['vgg3x3']['params']:,} params, {r['vgg3x3']['macs'] / 1e6:.1f}M "
-                f"mult-adds, val {acc['vgg3x3']:.2f}%; 5x5: {r['vgg5x5']['params']:,} params, "
-                f"{r['vgg5x5']['macs'] / 1e6:.1f}M mult-adds, val {acc['vgg5x5']:.2f}%",
-        "holds": (r["vgg3x3"]["params"] < r["vgg5x5"]["params"]
-                  and r["vgg3x3"]["macs"] < r["vgg5x5"]["macs"]
-                  and acc["vgg3x3"] >= acc["vgg5x5"]),
-        "panels": [("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()}),
-                   ("training loss", {k: v["result"]["train_losses"] for k, v in r.items()})],
+        "paper": "Simonyan and Zisserman 2015 (ICLR), section 2.3 and 4.1: two 3x3 convs see "
+                 "what one 5x5 sees with 18C^2 instead of 25C^2 weights and one more "
+                 "non-linearity; net B with each pair replaced by a 5x5 had 7% higher top-1 "
+                 "error on ImageNet; at CIFAR scale such gaps are ~3 points after hundreds of "
+                 "epochs (Springenberg et al. 2015, All-CNN)",
+        "parts": [
+            fixed_part("two 3x3 convs cost less than one 5x5",
+                       "holds when the 3x3 net has fewer weights and mult-adds",
+                       f"3x3: {params['vgg3x3']:,} params, {macs['vgg3x3'] / 1e6:.1f}M "
+                       f"mult-adds; 5x5: {params['vgg5x5']:,} params, "
+                       f"{macs['vgg5x5'] / 1e6:.1f}M mult-adds",
+                       params["vgg3x3"] < params["vgg5x5"] and macs["vgg3x3"] < macs["vgg5x5"]),
+            better("two 3x3 convs reach higher val accuracy than one 5x5",
+                   "holds when the 3x3 net's mean final val accuracy minus the 5x5 net's "
+                   "beats the seed spread + 1 point", acc, "vgg3x3", "vgg5x5", "points",
+                   lower=False, no_power=learned(r, ("vgg3x3", "vgg5x5")))],
+        "changes": "the budget: a few points after hundreds of epochs are far below what a "
+                   "few thousand images and epochs resolve",
+        "numbers": {"params": params, "macs": macs, "conv_body_weights": body,
+                    "final_val_acc": acc},
+        "panels": [("val accuracy (%)", curves(r, "val_accs"), {}),
+                   ("training loss", curves(r, "train_losses"), {})],
     }
 
 
-def claim_regularization(train_all):
-    """Krizhevsky et al. 2012."""
+def claim_regularization(train_all, args):
+    """Krizhevsky et al. 2012, section 4.2: dropout against overfitting."""
     lr = MODELS["alexnet"][1]
     r = train_all([(label, functools.partial(AlexNet, dropout=p), lr, l2)
                    for label, p, l2 in (("none", 0.0, 0.0), ("wd", 0.0, 5e-4),
                                         ("dropout", 0.5, 0.0), ("both", 0.5, 5e-4))])
-    gap = {k: round(last(v, "train_accs") - last(v, "val_accs"), 2) for k, v in r.items()}
+    gap = {k: [round(t - v, 2) for t, v in zip(per_seed(rows, "train_accs"),
+                                               per_seed(rows, "val_accs"))]
+           for k, rows in r.items()}
+    pairs = (("dropout", "none"), ("both", "wd"))
+    parts = [better(f"dropout shrinks the train - val gap ({b} -> {a})",
+                    f"holds when the mean final train - val accuracy gap of '{b}' minus "
+                    f"'{a}''s beats the seed spread + 1 point", gap, a, b, "points",
+                    no_power=learned(r, (b,))) for a, b in pairs]
     return {
-        "claim": "Krizhevsky, Sutskever and Hinton 2012, section 4.2: 'without dropout, our "
+        "paper": "Krizhevsky, Sutskever and Hinton 2012, section 4.2: 'without dropout, our "
                  "network exhibits substantial overfitting'",
-        "rule": "holds when both runs without dropout (none, wd) end with a larger train - "
-                "val accuracy gap than both runs with dropout (dropout, both)",
+        "parts": parts,
+        "changes": "the data: overfitting needs a training set the net can memorise (few "
+                   "images, no augmentation); with much data the gap shrinks on its own",
         "numbers": {"final_gap_train_minus_val": gap,
-                    "final_val_acc": {k: last(v, "val_accs") for k, v in r.items()}},
-        "ours": "final train - val gap: " + ", ".join(f"{k} {v:.2f}" for k, v in gap.items()),
-        "holds": min(gap["none"], gap["wd"]) > max(gap["dropout"], gap["both"]),
-        "panels": [("train accuracy (%)", {k: v["result"]["train_accs"] for k, v in r.items()}),
-                   ("val accuracy (%)", {k: v["result"]["val_accs"] for k, v in r.items()})],
+                    "final_val_acc": {k: per_seed(v, "val_accs") for k, v in r.items()}},
+        "panels": [("train accuracy (%)", curves(r, "train_accs"), {}),
+                   ("val accuracy (%)", curves(r, "val_accs"), {})],
     }
 
 
-CLAIMS = {"degradation": claim_degradation, "batchnorm": claim_batchnorm, "aux": claim_aux,
-          "3x3": claim_3x3, "regularization": claim_regularization}
+CLAIMS = {"relu": claim_relu, "degradation": claim_degradation, "batchnorm": claim_batchnorm,
+          "aux": claim_aux, "3x3": claim_3x3, "regularization": claim_regularization}
+# quick: at most 10 minutes per claim on 2 CPU cores without bf16, 2 seeds (measured, README);
+# full: for a GPU. (images per split, epochs); None = the whole data set.
+BUDGETS = {
+    "relu": {"quick": (5000, 10), "full": (None, 40)},
+    "degradation": {"quick": (2000, 4), "full": (None, 40)},
+    "batchnorm": {"quick": (2000, 5), "full": (None, 30)},
+    "aux": {"quick": (1000, 3), "full": (None, 30)},
+    "3x3": {"quick": (4000, 7), "full": (None, 30)},
+    "regularization": {"quick": (1000, 6), "full": (5000, 60)},
+}
 
 
 class ClaimStopped(Exception):
@@ -908,55 +1163,70 @@ class ClaimStopped(Exception):
 
 
 def measure_claim(name, args, device, precision):
-    """--claim NAME: its networks under the budget, the figure, the JSON, the verdict."""
+    """--claim NAME: its networks for each seed, the figure, the JSON, the verdict."""
     limit, epochs = BUDGETS[name][args.budget]
     budget = args.budget if (args.limit, args.epochs) == (None, None) else \
         f"{args.budget} budget changed by --limit/--epochs"
     args.limit, args.epochs = args.limit or limit, args.epochs or epochs  # explicit ones win
     if name == "regularization":
         args.augment = False  # augmentation is a regulariser too: the claim is about dropout
+    seeds = [args.seed + i for i in range(args.seeds)]
     partition = common.load_data(args)
     out = os.path.join(args.out_dir, "04_case_studies", "claims")
     print(f"claim {name}, {budget}: {args.limit or 'all'} images per split, "
-          f"{common.epochs_text(args.epochs)}, batch {args.batch_size}, augment {args.augment}, "
-          f"seed {args.seed}; device {device} ({common.device_name(device)}), {precision}, "
-          f"data {partition['kind']}")
-    trained = {}
+          f"{common.epochs_text(args.epochs)}, batch {args.batch_size}, seeds "
+          f"{', '.join(map(str, seeds))}; device {device} ({common.device_name(device)}), "
+          f"{precision}, data {partition['kind']}")
+    trained = {"rows": []}
 
-    def train_all(specs):
-        """Train (name, build, lr, l2[, aux]) runs; {name: row}. A diverged run is an
-        outcome the verdict reads; a stopped one ends the claim."""
-        runs = [training_run(*spec[:4], args, precision, *spec[4:]) for spec in specs]
+    def train_all(specs, seeds=len(seeds)):
+        """Train (name, build, lr, l2[, settings]) runs, each for the first `seeds` seeds;
+        {name: [row per seed]}. A diverged run is an outcome the verdict reads; a stopped
+        one ends the claim."""
+        runs = [dict(training_run(f"{spec[0]}_seed{seed}", *spec[1:4], args, precision,
+                                  seed=seed, **(spec[4] if len(spec) > 4 else {})),
+                     group=spec[0])
+                for spec in specs for seed in range(args.seed, args.seed + seeds)]
         rows, trained["status"] = common.train_runs(runs, partition, device,
                                                     os.path.join(out, name), args.show)
-        trained["rows"] = rows
+        trained["rows"] += rows
         if len(rows) < len(runs) or any(r["status"] == "interrupted" for r in rows):
             raise ClaimStopped
-        return {row["model"]: row for row in rows}
+        grouped = {}
+        for run, row in zip(runs, rows):
+            grouped.setdefault(run["group"], []).append(row)
+        return grouped
 
     started = time.perf_counter()
     try:
-        verdict = CLAIMS[name](train_all)
+        claim = CLAIMS[name](train_all, args)
     except ClaimStopped:
         print(f"claim {name}: not all runs finished; no verdict", file=sys.stderr)
         return trained["status"] or common.interrupted_exit_code()
     minutes = (time.perf_counter() - started) / 60
+    verdict = claim_verdict(claim["parts"])
     print_results(trained["rows"])
-    word = "holds" if verdict["holds"] else "does not show at this budget"
-    print(f"\nclaim:   {verdict['claim']}\nrule:    {verdict['rule']}\n"
-          f"ours:    {verdict['ours']}\nverdict: {word} ({minutes:.1f} min)")
-    record = {"claim": name, "paper": verdict["claim"], "rule": verdict["rule"],
-              "ours": verdict["ours"], "numbers": verdict["numbers"], "verdict": word,
-              "budget": budget, "limit": args.limit, "epochs": args.epochs,
-              "augment": args.augment, "seed": args.seed, "data": partition["kind"],
-              "minutes": round(minutes, 1), **common.environment(device, precision),
-              "runs": trained["rows"]}
-    title = (f"{name}: {word}\n({budget}, {args.limit or 'all'} images, "
-             f"{common.epochs_text(args.epochs)}){common.data_tag(partition['kind'])}")
+    print(f"\nclaim:   {claim['paper']}")
+    for p in claim["parts"] + claim.get("conditions", []):
+        kind = "part:" if p in claim["parts"] else "beside it, not in the verdict:"
+        print(f"{kind} {p['name']}\n  rule:    {p['rule']}\n  ours:    {p['ours']}\n"
+              f"  verdict: {p['verdict']}" + (f" ({p['reason']})" if p["reason"] else ""))
+    print(f"what changes this verdict: {claim['changes']}\n"
+          f"verdict: {verdict} ({minutes:.1f} min, {len(seeds)} seeds)")
+    record = {"claim": name, "paper": claim["paper"], "verdict": verdict,
+              "parts": claim["parts"], "conditions": claim.get("conditions", []),
+              "what_changes_this_verdict": claim["changes"], "numbers": claim["numbers"],
+              "seeds": seeds, "budget": budget, "limit": args.limit, "epochs": args.epochs,
+              "batch_size": args.batch_size, "augment": args.augment,
+              "data": partition["kind"], "minutes": round(minutes, 1),
+              **common.environment(device, precision), "runs": trained["rows"]}
+    title = (f"{name}: {verdict} ({budget}, {args.limit or 'all'} images, "
+             f"{common.epochs_text(args.epochs)}, {len(seeds)} seeds: band = min-max)"
+             f"{common.data_tag(partition['kind'])}")
     paths = common.reserve(os.path.join(out, f"{name}.json"), also=[f"{name}.png"])
     return common.save([(paths[0], lambda p: common.save_json(record, p)),
                         (paths[1], lambda p: common.save_figure(
-                            common.plot_curves(verdict["panels"], title), p, args.show))], out)
+                            common.plot_curves(claim["panels"], title), p, args.show))], out)
 
 
 # ============================================================================ command line
@@ -1027,6 +1297,13 @@ def build_parser():
                    help="for --claim: quick = at most 10 minutes per claim on 2 CPU cores "
                         "(a subset and few epochs, printed); full = the whole set and "
                         "30-60 epochs, for a GPU")
+    p.add_argument("--seeds", type=common.positive_int, default=2,
+                   help="for --claim: train every network with this many seeds (--seed, "
+                        "--seed + 1, ...); an effect counts only beyond their spread")
+    p.add_argument("--tune", action="store_true",
+                   help="for --claim relu: first rerun the short learning-rate sweep "
+                        "(one seed, 3 epochs, 5 rates per activation and setup) and use "
+                        "its winners instead of the stored ones")
     common.add_data_args(p)
     common.add_output_args(p)
     return p
@@ -1037,6 +1314,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.claim and args.train:
         parser.error("--claim and --train: give one of them")
+    if args.tune and args.claim != "relu":
+        parser.error("--tune reruns the learning-rate sweep of --claim relu; use them together")
     if args.claim and (args.lr is not None or args.l2 is not None):
         parser.error("--claim uses each network's own learning rate and weight decay; "
                      "drop --lr/--l2 (they are for --train)")

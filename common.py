@@ -267,22 +267,37 @@ def imshow(img, title="", mean=0.5, std=0.5):
 
 def plot_curves(panels, title=""):
     """Runs compared per epoch, one panel per quantity: panels is a list of
-    (ylabel, {label: [value per epoch]}); a '%' in the ylabel fixes the axis to 0-100."""
+    (ylabel, {label: values}[, marks]). values is one curve (a value per epoch) or a list
+    of curves, one per seed, drawn as their mean and a min-max band; marks {"y": value}
+    draws the line a rule reads. A '%' in the ylabel fixes the axis to 0-100."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4),
                              squeeze=False)
     styles = ["-", "--", ":", "-."]
-    for ax, (ylabel, curves) in zip(axes[0], panels):
-        longest = 1
+    for ax, (ylabel, curves, *marks) in zip(axes[0], panels):
+        longest, finite = 1, []
         for i, (label, values) in enumerate(curves.items()):
+            seeds = values if values and isinstance(values[0], (list, tuple)) else [values]
+            epochs = max(len(s) for s in seeds)
+            at = [[s[e] for s in seeds if e < len(s) and s[e] is not None
+                   and np.isfinite(s[e])] for e in range(epochs)]
+            x = [e + 1 for e in range(epochs) if at[e]]
+            at = [a for a in at if a]
+            finite += [v for a in at for v in a]
             # each run its own colour, line style and marker: equal curves stay visible
-            ax.plot(range(1, len(values) + 1), values, ls=styles[i % 4], marker="os^vD"[i % 5],
-                    ms=4, color=f"C{i % 10}", alpha=0.85, label=label)
-            longest = max(longest, len(values))
+            ax.plot(x, [sum(a) / len(a) for a in at], ls=styles[i % 4], marker="os^vD"[i % 5],
+                    ms=4, color=f"C{i % 10}", alpha=0.85,
+                    label=label + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else ""))
+            if len(seeds) > 1:
+                ax.fill_between(x, [min(a) for a in at], [max(a) for a in at],
+                                color=f"C{i % 10}", alpha=0.2, lw=0)
+            longest = max(longest, epochs)
+        if marks and "y" in marks[0]:
+            ax.axhline(marks[0]["y"], color="black", ls=(0, (4, 4)), lw=1,
+                       label=f"the rule reads {marks[0]['y']:g}")
         ax.set(xlabel="epoch", ylabel=ylabel, xlim=(0.5, longest + 0.5))
         if "%" in ylabel:
             ax.set_ylim(0, 100)
         elif "loss" in ylabel:  # from 0: no auto-zoom that makes 2.304 vs 2.316 look far apart
-            finite = [v for vs in curves.values() for v in vs if v is not None and np.isfinite(v)]
             ax.set_ylim(0, 1.1 * max(finite, default=1.0) or 1.0)
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True, min_n_ticks=1))

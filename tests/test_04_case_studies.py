@@ -162,13 +162,120 @@ def test_each_claim_runs_end_to_end(claim, tmp_path, capsys):
     assert code == 0
     folder = tmp_path / "04_case_studies" / "claims"
     record = json.loads((folder / f"{claim}.json").read_text())
-    assert record["verdict"] in ("holds", "does not show at this budget")
-    assert record["paper"] and record["rule"] and record["numbers"]
+    assert record["verdict"] in ("holds", "contradicted", "inconclusive")
+    assert record["seeds"] == [123, 124] and record["paper"] and record["numbers"]
+    for part in record["parts"] + record["conditions"]:
+        assert part["name"] and part["rule"] and part["ours"]
+        assert part["verdict"] in ("holds", "contradicted", "inconclusive")
+        assert (part["reason"] is not None) == (part["verdict"] == "inconclusive")
     assert record["limit"] == 32 and record["epochs"] == 1
     assert all(len(r["result"]["val_accs"]) == 1 for r in record["runs"])
+    assert {r["settings"]["seed"] for r in record["runs"]} == {123, 124}
     assert (folder / f"{claim}.png").stat().st_size > 0
     out = capsys.readouterr().out
     assert "claim:" in out and "rule:" in out and f"verdict: {record['verdict']}" in out
+    assert "what changes this verdict:" in out
+    if claim == "aux":  # nothing learned in one epoch on 32 images: no power, never 'holds'
+        assert record["verdict"] == "inconclusive"
+        assert record["parts"][0]["reason"].startswith("no power")
+    if claim == "relu":  # the 2x2: {ReLU, tanh} x {the paper's init and inputs, modern}
+        groups = {r["model"].rsplit("_seed", 1)[0] for r in record["runs"]}
+        assert groups == {"relu_paper", "tanh_paper", "relu_modern", "tanh_modern"}
+        assert len(record["parts"]) == len(record["conditions"]) == 1
+
+
+def fake_runs(curves, key):
+    """train_all stand-in: {run: [per-seed curve of `key`]} -> rows as train_runs gives."""
+    def train_all(specs, seeds=2):
+        rows = {}
+        for spec in specs:
+            per_seed = curves[spec[0]]
+            rows[spec[0]] = [{"model": spec[0], "params": 1, "macs": 1, "status": "completed",
+                              "settings": {"epochs": len(c)},
+                              "result": {"train_accs": c, "val_accs": c, "train_losses": c,
+                                         "val_losses": c}} for c in per_seed]
+        return rows
+    return train_all
+
+
+def relu_verdict(relu, tanh):
+    """The relu claim's paper part on made-up training-accuracy curves, 2 seeds each."""
+    args = cs.parse_args(["--claim", "relu"])
+    curves = {"relu_paper": relu, "tanh_paper": tanh, "relu_modern": relu, "tanh_modern": tanh}
+    part = cs.claim_relu(fake_runs(curves, "train_accs"), args)["parts"][0]
+    return part["verdict"], part["reason"] or ""
+
+
+def acc(reach_at, epochs=8):
+    """A training-accuracy curve passing 75% (25% error) at epoch reach_at (None: never)."""
+    return [80.0 if reach_at and e >= reach_at else 50.0 for e in range(1, epochs + 1)]
+
+
+def test_the_verdict_rule_on_made_up_curves():
+    assert relu_verdict([acc(2), acc(2)], [acc(None), acc(None)]) == ("holds", "")
+    assert relu_verdict([acc(6), acc(7)], [acc(2), acc(2)]) == ("contradicted", "")
+    verdict, reason = relu_verdict([acc(3), acc(6)], [acc(5), acc(5)])  # seeds disagree
+    assert verdict == "inconclusive" and reason.startswith("within noise")
+    verdict, reason = relu_verdict([acc(None), acc(3)], [acc(None), acc(None)])
+    assert verdict == "inconclusive" and reason.startswith("no power")
+    assert cs.claim_verdict([{"verdict": "holds"}, {"verdict": "inconclusive"}]) == \
+        "inconclusive"
+    assert cs.claim_verdict([{"verdict": "holds"}, {"verdict": "contradicted"}]) == \
+        "contradicted"
+    assert cs.claim_verdict([{"verdict": "holds"}] * 2) == "holds"
+
+
+def test_aux_holds_only_on_nets_that_learned():
+    args = cs.parse_args(["--claim", "aux"])
+    chance = [[10.0, 11.0, 10.5]] * 2
+    part = cs.claim_aux(fake_runs({"googlenet": chance, "googlenet_aux": chance},
+                                  "val_accs"), args)["parts"][0]
+    assert part["verdict"] == "inconclusive" and part["reason"].startswith("no power")
+    same = [[20.0, 40.0, 50.0], [21.0, 41.0, 51.0]]
+    ahead = [[20.0, 50.0, 60.0], [21.0, 51.0, 61.0]]
+    for aux, verdict in ((same, "holds"), (ahead, "contradicted")):
+        part = cs.claim_aux(fake_runs({"googlenet": same, "googlenet_aux": aux},
+                                      "val_accs"), args)["parts"][0]
+        assert part["verdict"] == verdict and list(part["gaps"]) == [2, 3]
+
+
+def test_degradation_late_part_is_inconclusive_at_the_quick_budget():
+    args = cs.parse_args(["--claim", "degradation"])
+    curves = {"plain20": [[40.0, 60.0]] * 2, "plain56": [[20.0, 30.0]] * 2,
+              "resnet20": [[40.0, 60.0]] * 2, "resnet56": [[45.0, 70.0]] * 2}
+    parts = cs.claim_degradation(fake_runs(curves, "train_accs"), args)["parts"]
+    assert [p["verdict"] for p in parts] == ["holds", "holds", "inconclusive"]
+    assert "--budget full" in parts[2]["reason"]
+    args.budget = "full"
+    parts = cs.claim_degradation(fake_runs(curves, "train_accs"), args)["parts"]
+    assert parts[2]["verdict"] == "holds"
+
+
+def test_cuda_convnet_layers_params_and_init():
+    net = cs.CudaConvnet("relu", paper=True)
+    assert common.count_params(net) == 89_578  # 2,432 + 25,632 + 51,264 + 10,250
+    shapes, x = [], torch.zeros(2, 3, 32, 32)
+    for layer in net.features:
+        x = layer(x)
+        shapes.append(tuple(x.shape[1:]))
+    assert shapes[1] == (32, 16, 16) and shapes[5] == (32, 8, 8) and shapes[8] == (64, 4, 4)
+    conv1, conv2 = net.features[0], net.features[3]
+    assert conv1.weight.std().item() == pytest.approx(1e-4, rel=0.1)
+    assert conv2.weight.std().item() == pytest.approx(1e-2, rel=0.1)
+    assert conv1.bias.abs().sum() == 0
+    grey = torch.zeros(1, 3, 1, 1)  # (0.5 - 0.5) / 0.5: a mid-grey pixel, 127.5 of 255
+    raw = grey * net.scale + net.shift
+    assert torch.allclose(raw.flatten(), 127.5 - 255 * torch.tensor(cs.CIFAR_MEAN))
+    modern = cs.CudaConvnet("tanh", paper=False)
+    assert modern.features[0].weight.std().item() > 1e-2  # Glorot: not the paper's 1e-4
+    assert isinstance(modern.features[2], nn.Tanh)
+
+
+def test_tune_is_for_the_relu_claim_only(capsys):
+    with pytest.raises(SystemExit):
+        cs.parse_args(["--claim", "aux", "--tune"])
+    assert "--claim relu" in capsys.readouterr().err
+    assert cs.parse_args(["--claim", "relu", "--tune", "--seeds", "3"]).seeds == 3
 
 
 def test_plain_net_is_the_resnet_without_shortcuts():
@@ -222,7 +329,7 @@ def test_a_diverged_run_still_gives_a_claim_its_verdict(tmp_path, monkeypatch):
                     "--no-download", "--out-dir", str(tmp_path)])
     assert code == 0
     record = json.loads((tmp_path / "04_case_studies" / "claims" / "3x3.json").read_text())
-    assert record["verdict"] in ("holds", "does not show at this budget")
+    assert record["verdict"] in ("holds", "contradicted", "inconclusive")
     assert record["runs"][-1]["status"] == "diverged"
 
 

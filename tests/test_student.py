@@ -271,20 +271,10 @@ def test_strongest_responses_find_the_brightest_image():
     assert n == 13 and 5 <= i <= 8 and 20 <= j <= 23
 
 
-def test_act_with_its_own_lr_and_the_claim_rule(capsys):
+def test_act_with_its_own_lr(capsys):
     args = cnn_train.parse_args(["--act", "relu=0.05", "tanh=0.02"])
     assert args.act == ["relu", "tanh"] and args.act_lr == {"relu": 0.05, "tanh": 0.02}
     assert [s["lr"] for _, _, s in cnn_train.sweep_plan(args, "fp32")] == [0.05, 0.02]
     with pytest.raises(SystemExit):
         cnn_train.parse_args(["--act", "relu=0.05", "--lr", "0.1", "0.2"])
     assert "not both" in capsys.readouterr().err
-
-    def row(act, errors):
-        return {"value": act, "epochs_to_25": common.first_epoch(errors, lambda e: e < 25),
-                "result": {"train_accs": [100 - e for e in errors]}}
-
-    lines = cnn_train.relu_claim([row("relu", [60, 30, 20]), row("tanh", [70, 50, 40])])
-    assert lines[-1].endswith("ratio > 1.0x (paper: 6x) -> verdict: holds")
-    lines = cnn_train.relu_claim([row("relu", [60, 40, 30]), row("tanh", [70, 20, 10])])
-    assert lines[-1].endswith("verdict: does not show at this budget")
-    assert cnn_train.relu_claim([row("relu", [1]), row("sigmoid", [1])]) == []

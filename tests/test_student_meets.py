@@ -47,6 +47,20 @@ def test_claim_curves_that_coincide_stay_visible():
     common.plt.close(fig)
 
 
+def test_claim_figure_shows_each_runs_seed_spread_and_what_the_rule_reads():
+    fig = common.plot_curves([("training error (%)",
+                               {"relu": [[60, 20], [70, 30]], "tanh": [[80, 60], [90, 70]]},
+                               {"y": 25})])
+    ax = fig.axes[0]
+    bands = [c for c in ax.collections if c.get_paths()]
+    assert len(bands) == 2  # one min-max band per run
+    means = [list(line.get_ydata()) for line in ax.get_lines()[:2]]
+    assert means == [[65, 25], [85, 65]]  # the line is the mean over seeds
+    assert list(ax.get_lines()[2].get_ydata()) == [25, 25]  # the target the rule reads
+    assert "2 seeds" in ax.get_legend().get_texts()[0].get_text()
+    common.plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- data
 
 def _archive_only(root):
