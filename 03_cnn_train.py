@@ -96,13 +96,14 @@ def main(argv=None):
 # The lecture's own settings; the defaults below differ because the lecture's plain SGD
 # at lr=1e-3 only learned through its gradient-accumulation bug (see README).
 LECTURE_SETTINGS = dict(optim=["SGD"], lr=[1e-3], momentum=0.0, l2=[1e-5], schedule="none",
-                        augment=False, label_smoothing=0.0, clip_grad=0.0, test_batch_size=32,
+                        augment=False, label_smoothing=0.0, clip_grad=0.0, flip=False,
+                        test_batch_size=32,
                         init="pytorch", exp_name="cnn_lecture")
 # the options of which one may take several values: one run per value, then a comparison
 SWEEPABLE = ("lr", "act", "optim", "l2")
-SETTING_KEYS = ("momentum", "schedule", "label_smoothing", "clip_grad", "init", "epochs",
-                "train_batch_size", "test_batch_size", "augment", "seed", "data", "limit",
-                "deterministic")
+SETTING_KEYS = ("momentum", "schedule", "label_smoothing", "clip_grad", "flip", "init",
+                "epochs", "train_batch_size", "test_batch_size", "augment", "seed", "data",
+                "limit", "deterministic")
 
 
 def sweep_plan(args, precision):
@@ -541,6 +542,10 @@ def build_parser():
     p.add_argument("--clip-grad", type=common.non_negative_float, default=5.0,
                    help="clip the gradient norm to this value before each step (guards "
                         "the peak of the schedule against rare spikes); 0 turns it off")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="validate and test each image and its mirror image and average the "
+                        "logits (test-time augmentation; result.json also gives the val "
+                        "accuracy without it)")
     p.add_argument("--init", choices=("auto", "pytorch"), default="auto",
                    help="weight initialisation: auto matches --act (He et al. 2015 for "
                         "relu, Glorot/Xavier 2010 for tanh and sigmoid); pytorch is the "

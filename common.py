@@ -101,8 +101,9 @@ def train(net, loader, optimizer, criterion, device, scheduler=None, amp_dtype=N
 
 
 @torch.no_grad()
-def validate(net, loader, criterion, device, amp_dtype=None):
-    """Mean loss and accuracy in % without training."""
+def validate(net, loader, criterion, device, amp_dtype=None, flip=False):
+    """Mean loss and accuracy in % without training. flip=True averages the logits of each
+    image and its mirror image (test-time augmentation)."""
     device = torch.device(device)
     net.eval()
     loss_sum = torch.zeros((), device=device)
@@ -112,6 +113,8 @@ def validate(net, loader, criterion, device, amp_dtype=None):
         inputs, labels = inputs.to(device), labels.to(device)
         with autocast(device, amp_dtype):
             outputs = net(inputs)
+            if flip:  # a mirrored cat is a cat: average the two views' logits
+                outputs = (outputs + net(inputs.flip(3))) / 2
             loss = criterion(outputs, labels)
         loss_sum += loss.float() * len(labels)
         correct += (outputs.argmax(1) == labels).sum()
@@ -120,8 +123,9 @@ def validate(net, loader, criterion, device, amp_dtype=None):
 
 
 @torch.no_grad()
-def test(net, loader, device, amp_dtype=None):
-    """Test accuracy in % and the confusion matrix counts[true, predicted], in one pass."""
+def test(net, loader, device, amp_dtype=None, flip=False):
+    """Test accuracy in % and the confusion matrix counts[true, predicted], in one pass;
+    flip as in validate."""
     device = torch.device(device)
     net.eval()
     matrix = None
@@ -129,6 +133,8 @@ def test(net, loader, device, amp_dtype=None):
         inputs, labels = inputs.to(device), labels.to(device)
         with autocast(device, amp_dtype):
             outputs = net(inputs)
+            if flip:
+                outputs = (outputs + net(inputs.flip(3))) / 2
         n = outputs.shape[1]
         counts = torch.bincount(labels * n + outputs.argmax(1), minlength=n * n).view(n, n)
         matrix = counts if matrix is None else matrix + counts
@@ -140,7 +146,9 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
     """Train for settings['epochs'], keep the weights of the best val epoch, test them once.
 
     settings: optim (SGD, RMSprop or Adam), lr, l2, epochs; optional momentum, schedule
-    (onecycle, cosine or none), label_smoothing, clip_grad. Epochs count from 1. A high lr
+    (onecycle, cosine or none), label_smoothing, clip_grad, flip (validate and test with
+    the mirror images too; val_acc_no_flip is then the best weights' without). Epochs
+    count from 1. A high lr
     with momentum needs the schedule's warm-up and clip_grad to stay finite; without them
     use about a tenth of it. Returns (settings, result) with the lecture's keys; status is
     'completed', 'diverged' (NaN loss) or 'interrupted' (Ctrl-C); finished epochs are kept.
@@ -179,7 +187,8 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
                 net, loaders["train"], optimizer, criterion, device, scheduler, amp_dtype,
                 scaler, settings.get("clip_grad"),
                 progress=progress and (lambda b, n, loss, e=epoch: progress(e, b, n, loss)))
-            val_loss, val_acc = validate(net, loaders["val"], criterion, device, amp_dtype)
+            val_loss, val_acc = validate(net, loaders["val"], criterion, device, amp_dtype,
+                                         settings.get("flip", False))
             took = time.perf_counter() - start
             for key, value in (("train_losses", round(train_loss, 4)),
                                ("val_losses", round(val_loss, 4)),
@@ -202,8 +211,12 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
                               val_acc=round(val_acc, 2))
         if best_state is not None:
             net.load_state_dict(best_state)
-            test_acc, matrix = test(net, loaders["test"], device, amp_dtype)
+            test_acc, matrix = test(net, loaders["test"], device, amp_dtype,
+                                    settings.get("flip", False))
             result.update(test_acc=round(test_acc, 2), test_confusion=matrix.tolist())
+            if settings.get("flip"):  # what the mirror images added, on the same weights
+                result["val_acc_no_flip"] = round(validate(
+                    net, loaders["val"], criterion, device, amp_dtype)[1], 2)
     except KeyboardInterrupt:
         result["status"] = "interrupted"
         log(f"stopped after {len(result['train_losses'])} finished epoch(s); saving them")

@@ -159,13 +159,13 @@ def test_loss_falls_on_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def _tiny_experiment(lr, epochs=2, seed=0):
+def _tiny_experiment(lr, epochs=2, seed=0, flip=False):
     part = common.get_data("synthetic", limit=256)
     common.set_seed(seed)
     net = CNN()
     loaders = common.make_loaders(part, "cpu", 64, 128, augment=True, seed=seed)
     settings = dict(optim="SGD", lr=lr, l2=5e-4, momentum=0.9, epochs=epochs,
-                    schedule="onecycle", amp=False)
+                    schedule="onecycle", amp=False, flip=flip)
     return common.experiment(net, loaders, settings, "cpu", log=lambda *_: None)[1]
 
 
@@ -249,3 +249,34 @@ def test_auto_device_is_cpu_without_accelerators(monkeypatch):
     assert common.get_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert common.get_device("auto") == torch.device("cuda")
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return CNN().eval()
+
+
+def test_flip_of_a_symmetric_image_changes_no_logit():
+    net, criterion = _cnn(), nn.CrossEntropyLoss()
+    half = torch.randn(4, 3, 32, 16)
+    symmetric = torch.cat([half, half.flip(3)], dim=3)  # every row reads the same both ways
+    labels = torch.tensor([0, 1, 2, 3])
+    plain = common.validate(net, [(symmetric, labels)], criterion, "cpu")
+    flipped = common.validate(net, [(symmetric, labels)], criterion, "cpu", flip=True)
+    assert flipped == pytest.approx(plain, abs=1e-6)  # same loss and accuracy
+
+
+def test_flip_gives_an_image_and_its_mirror_the_same_prediction():
+    net, images = _cnn(), torch.randn(16, 3, 32, 32)
+    labels = torch.arange(16) % 10
+    _, a = common.test(net, [(images, labels)], "cpu", flip=True)
+    _, b = common.test(net, [(images.flip(3), labels)], "cpu", flip=True)
+    assert torch.equal(a, b)  # the same (true, predicted) counts
+    with torch.no_grad():  # without flip the two views disagree somewhere (a real test)
+        assert not torch.allclose(net(images), net(images.flip(3)))
+
+
+def test_flip_is_recorded_with_the_accuracy_without_it():
+    result = _tiny_experiment(0.05, flip=True)
+    assert 0 <= result["val_acc_no_flip"] <= 100
+    assert "val_acc_no_flip" not in _tiny_experiment(0.05)
