@@ -746,7 +746,9 @@ def spread(*groups):
 
 
 def shown(values, unit, cap=None):
-    """Per-seed values for the printout: '5.1, 6.3 points' or '4, >10 epochs'."""
+    """Per-seed values for the printout: '5.1%, 6.3%' or '4, >10 epochs'."""
+    if unit == "points":
+        return ", ".join(f"{v:g}%" for v in values)
     return ", ".join(f">{cap}" if cap is not None and v > cap else f"{v:g}"
                      for v in values) + f" {unit}"
 
@@ -998,8 +1000,9 @@ def claim_degradation(train_all, args):
                    "the full schedule. Batch norm in every block is what lets plain-56 train "
                    "at all",
         "numbers": {"final_train_error": train_err, "final_val_error": val_err},
-        "panels": [("training error (%)", curves(r, "train_accs", error=True), {}),
-                   ("val error (%)", curves(r, "val_accs", error=True), {})],
+        "panels": [("training error (%)", curves(r, "train_accs", error=True),
+                    {"x": args.epochs}),
+                   ("val error (%)", curves(r, "val_accs", error=True), {"x": args.epochs})],
     }
 
 
@@ -1112,7 +1115,7 @@ def claim_3x3(train_all, args):
                    "few thousand images and epochs resolve",
         "numbers": {"params": params, "macs": macs, "conv_body_weights": body,
                     "final_val_acc": acc},
-        "panels": [("val accuracy (%)", curves(r, "val_accs"), {}),
+        "panels": [("val accuracy (%)", curves(r, "val_accs"), {"x": args.epochs}),
                    ("training loss", curves(r, "train_losses"), {})],
     }
 
@@ -1139,8 +1142,8 @@ def claim_regularization(train_all, args):
                    "images, no augmentation); with much data the gap shrinks on its own",
         "numbers": {"final_gap_train_minus_val": gap,
                     "final_val_acc": {k: per_seed(v, "val_accs") for k, v in r.items()}},
-        "panels": [("train accuracy (%)", curves(r, "train_accs"), {}),
-                   ("val accuracy (%)", curves(r, "val_accs"), {})],
+        "panels": [("train accuracy (%)", curves(r, "train_accs"), {"x": args.epochs}),
+                   ("val accuracy (%)", curves(r, "val_accs"), {"x": args.epochs})],
     }
 
 

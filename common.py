@@ -282,7 +282,7 @@ def plot_curves(panels, title=""):
     """Runs compared per epoch, one panel per quantity: panels is a list of
     (ylabel, {label: values}[, marks]). values is one curve (a value per epoch) or a list
     of curves, one per seed, drawn as their mean and a min-max band; marks {"y": value}
-    draws the line a rule reads. A '%' in the ylabel fixes the axis to 0-100."""
+    or {"x": epoch} draws the line a rule reads. A '%' in the ylabel fixes the axis to 0-100."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4),
                              squeeze=False)
     styles = ["-", "--", ":", "-."]
@@ -304,9 +304,10 @@ def plot_curves(panels, title=""):
                 ax.fill_between(x, [min(a) for a in at], [max(a) for a in at],
                                 color=f"C{i % 10}", alpha=0.2, lw=0)
             longest = max(longest, epochs)
-        if marks and "y" in marks[0]:
-            ax.axhline(marks[0]["y"], color="black", ls=(0, (4, 4)), lw=1,
-                       label=f"the rule reads {marks[0]['y']:g}")
+        for key, line in (("y", ax.axhline), ("x", ax.axvline)):
+            if marks and key in marks[0]:  # what the verdict's rule reads
+                line(marks[0][key], color="black", ls=(0, (4, 4)), lw=1,
+                     label=f"rule: {'epoch ' if key == 'x' else ''}{marks[0][key]:g}")
         ax.set(xlabel="epoch", ylabel=ylabel, xlim=(0.5, longest + 0.5))
         if "%" in ylabel:
             ax.set_ylim(0, 100)
