@@ -1132,7 +1132,7 @@ def claim_regularization(train_all, args):
     pairs = (("dropout", "none"), ("both", "wd"))
     parts = [better(f"dropout shrinks the train - val gap ({b} -> {a})",
                     f"holds when the mean final train - val accuracy gap of '{b}' minus "
-                    f"'{a}''s beats the seed spread + 1 point", gap, a, b, "points",
+                    f"that of '{a}' beats the seed spread + 1 point", gap, a, b, "points",
                     no_power=learned(r, (b,))) for a, b in pairs]
     return {
         "paper": "Krizhevsky, Sutskever and Hinton 2012, section 4.2: 'without dropout, our "
@@ -1301,7 +1301,8 @@ def build_parser():
                         "(a subset and few epochs, printed); full = the whole set and "
                         "30-60 epochs, for a GPU")
     p.add_argument("--seeds", type=common.positive_int, default=2,
-                   help="for --claim: train every network with this many seeds (--seed, "
+                   help="for --claim: train every network with this many seeds, at least 2 "
+                        "(--seed, "
                         "--seed + 1, ...); an effect counts only beyond their spread")
     p.add_argument("--tune", action="store_true",
                    help="for --claim relu: first rerun the short learning-rate sweep "
@@ -1317,6 +1318,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.claim and args.train:
         parser.error("--claim and --train: give one of them")
+    if args.seeds < 2:
+        parser.error("--seeds: give at least 2; an effect counts only beyond the spread "
+                     "between seeds")
     if args.tune and args.claim != "relu":
         parser.error("--tune reruns the learning-rate sweep of --claim relu; use them together")
     if args.claim and (args.lr is not None or args.l2 is not None):

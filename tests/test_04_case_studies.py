@@ -276,6 +276,9 @@ def test_tune_is_for_the_relu_claim_only(capsys):
         cs.parse_args(["--claim", "aux", "--tune"])
     assert "--claim relu" in capsys.readouterr().err
     assert cs.parse_args(["--claim", "relu", "--tune", "--seeds", "3"]).seeds == 3
+    with pytest.raises(SystemExit):
+        cs.parse_args(["--claim", "aux", "--seeds", "1"])
+    assert "at least 2" in capsys.readouterr().err
 
 
 def test_plain_net_is_the_resnet_without_shortcuts():
