@@ -216,8 +216,9 @@ def test_the_verdict_rule_on_made_up_curves():
     assert relu_verdict([acc(6), acc(7)], [acc(2), acc(2)]) == ("contradicted", "")
     verdict, reason = relu_verdict([acc(3), acc(6)], [acc(5), acc(5)])  # seeds disagree
     assert verdict == "inconclusive" and reason.startswith("within noise")
-    verdict, reason = relu_verdict([acc(None), acc(3)], [acc(None), acc(None)])
-    assert verdict == "inconclusive" and reason.startswith("no power")
+    verdict, reason = relu_verdict([acc(None), acc(None)], [acc(None), acc(None)])
+    assert verdict == "inconclusive" and reason.startswith("no power")  # nothing got there
+    assert relu_verdict([acc(None), acc(None)], [acc(2), acc(3)]) == ("contradicted", "")
     assert cs.claim_verdict([{"verdict": "holds"}, {"verdict": "inconclusive"}]) == \
         "inconclusive"
     assert cs.claim_verdict([{"verdict": "holds"}, {"verdict": "contradicted"}]) == \
