@@ -4,7 +4,8 @@ for 32x32 CIFAR-10, compared side by side and each trainable with the shared loo
     python 04_case_studies.py                          # the comparison table + design rules
     python 04_case_studies.py --train lenet resnet20   # train some under one budget
     python 04_case_studies.py --train all --epochs 30  # all of them
-    python 04_case_studies.py --claim degradation      # a slide's claim, measured
+    python 04_case_studies.py --claim degradation      # a slide's claim, 2 seeds, a verdict
+    python 04_case_studies.py --claim relu             # AlexNet's Figure 1 on its own net
 
 Outputs go to runs/04_case_studies/ (see README).
 """
@@ -1298,9 +1299,10 @@ def build_parser():
     p.add_argument("--aux", action="store_true",
                    help="train GoogLeNet with its auxiliary classifier (loss weight 0.3)")
     p.add_argument("--claim", choices=tuple(CLAIMS), default=None,
-                   help="measure one of the slides' claims: train the networks it needs, "
-                        "save claims/NAME.png and NAME.json, print the paper's number, ours "
-                        "and a verdict by a rule stated in advance")
+                   help="measure one of the slides' claims: train the networks it needs "
+                        "with --seeds seeds, save claims/NAME.png and NAME.json, print the "
+                        "paper's number, ours and a verdict (holds, contradicted or "
+                        "inconclusive) by rules stated in advance")
     p.add_argument("--budget", choices=("quick", "full"), default="quick",
                    help="for --claim: quick = at most 10 minutes per claim on 2 CPU cores "
                         "(a subset and few epochs, printed); full = the whole set and "
