@@ -1029,6 +1029,9 @@ def claim_batchnorm(train_all, args):
                   "epochs", cap=cap,
                   no_power=(f"no run reached {BN_TARGET:g}% within {common.epochs_text(cap)}"
                             if min(reach["vgg_bn"] + reach["vgg"]) > cap else None))
+    final = {k: mean(per_seed(v, "val_accs")) for k, v in r.items()}
+    part["ours"] += (f"; final val accuracy VGG-11-BN {final['vgg_bn']:.1f}%, VGG-11 "
+                     f"{final['vgg']:.1f}% (seed means)")
     return {
         "paper": "Ioffe and Szegedy 2015 (ICML), Figure 2: batch norm alone (BN-Baseline) "
                  "reached Inception's accuracy in less than half the steps; with a higher lr "
