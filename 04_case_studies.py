@@ -1158,8 +1158,9 @@ def claim_regularization(train_all, args):
 
 CLAIMS = {"relu": claim_relu, "degradation": claim_degradation, "batchnorm": claim_batchnorm,
           "aux": claim_aux, "3x3": claim_3x3, "regularization": claim_regularization}
-# quick: at most 10 minutes per claim on 2 CPU cores without bf16, 2 seeds (measured, README);
-# full: for a GPU. (images per split, epochs); None = the whole data set.
+# quick: about 10 minutes per claim on 2 CPU cores without bf16, 2 seeds (set by time before
+# any verdict; measured 8-12 minutes, README); full: for a GPU. (images per split, epochs);
+# None = the whole data set.
 BUDGETS = {
     "relu": {"quick": (5000, 10), "full": (None, 40)},
     "degradation": {"quick": (2000, 4), "full": (None, 40)},
@@ -1307,7 +1308,7 @@ def build_parser():
                         "paper's number, ours and a verdict (holds, contradicted or "
                         "inconclusive) by rules stated in advance")
     p.add_argument("--budget", choices=("quick", "full"), default="quick",
-                   help="for --claim: quick = at most 10 minutes per claim on 2 CPU cores "
+                   help="for --claim: quick = about 10 minutes per claim on 2 CPU cores "
                         "(a subset and few epochs, printed); full = the whole set and "
                         "30-60 epochs, for a GPU")
     p.add_argument("--seeds", type=common.positive_int, default=2,
