@@ -157,7 +157,7 @@ def test_resnet_depth_is_selectable(name, blocks):
 
 @pytest.mark.parametrize("claim", sorted(cs.CLAIMS))
 def test_each_claim_runs_end_to_end(claim, tmp_path, capsys):
-    code = cs.main(["--claim", claim, "--data", "synthetic", "--limit", "32", "--epochs", "1",
+    code = cs.main(["--claim", claim, "--data", "synthetic", "--limit", "16", "--epochs", "1",
                     "--no-download", "--out-dir", str(tmp_path)])
     assert code == 0
     folder = tmp_path / "04_case_studies" / "claims"
@@ -168,7 +168,7 @@ def test_each_claim_runs_end_to_end(claim, tmp_path, capsys):
         assert part["name"] and part["rule"] and part["ours"]
         assert part["verdict"] in ("holds", "contradicted", "inconclusive")
         assert (part["reason"] is not None) == (part["verdict"] == "inconclusive")
-    assert record["limit"] == 32 and record["epochs"] == 1
+    assert record["limit"] == 16 and record["epochs"] == 1
     assert all(len(r["result"]["val_accs"]) == 1 for r in record["runs"])
     assert {r["settings"]["seed"] for r in record["runs"]} == {123, 124}
     assert (folder / f"{claim}.png").stat().st_size > 0
@@ -329,10 +329,10 @@ def test_a_diverged_run_still_gives_a_claim_its_verdict(tmp_path, monkeypatch):
         return rows, common.EXIT_DIVERGED
 
     monkeypatch.setattr(common, "train_runs", one_diverged)
-    code = cs.main(["--claim", "3x3", "--data", "synthetic", "--limit", "32", "--epochs", "1",
+    code = cs.main(["--claim", "relu", "--data", "synthetic", "--limit", "16", "--epochs", "1",
                     "--no-download", "--out-dir", str(tmp_path)])
     assert code == 0
-    record = json.loads((tmp_path / "04_case_studies" / "claims" / "3x3.json").read_text())
+    record = json.loads((tmp_path / "04_case_studies" / "claims" / "relu.json").read_text())
     assert record["verdict"] in ("holds", "contradicted", "inconclusive")
     assert record["runs"][-1]["status"] == "diverged"
 
@@ -346,7 +346,7 @@ def test_an_interrupted_run_gives_no_verdict(tmp_path, monkeypatch, capsys):
         return rows, 130
 
     monkeypatch.setattr(common, "train_runs", interrupted)
-    code = cs.main(["--claim", "3x3", "--data", "synthetic", "--limit", "32", "--epochs", "1",
+    code = cs.main(["--claim", "relu", "--data", "synthetic", "--limit", "16", "--epochs", "1",
                     "--no-download", "--out-dir", str(tmp_path)])
     assert code == 130 and "no verdict" in capsys.readouterr().err
-    assert not (tmp_path / "04_case_studies" / "claims" / "3x3.json").exists()
+    assert not (tmp_path / "04_case_studies" / "claims" / "relu.json").exists()
