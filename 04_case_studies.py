@@ -1220,10 +1220,11 @@ def measure_claim(name, args, device, precision):
     verdict = claim_verdict(claim["parts"])
     print_results(trained["rows"])
     print(f"\nclaim:   {claim['paper']}")
-    for p in claim["parts"] + claim.get("conditions", []):
-        kind = "part:" if p in claim["parts"] else "beside it, not in the verdict:"
-        print(f"{kind} {p['name']}\n  rule:    {p['rule']}\n  ours:    {p['ours']}\n"
-              f"  verdict: {p['verdict']}" + (f" ({p['reason']})" if p["reason"] else ""))
+    for kind, parts in (("part:", claim["parts"]),
+                        ("beside it, not in the verdict:", claim.get("conditions", []))):
+        for p in parts:
+            print(f"{kind} {p['name']}\n  rule:    {p['rule']}\n  ours:    {p['ours']}\n"
+                  f"  verdict: {p['verdict']}" + (f" ({p['reason']})" if p["reason"] else ""))
     print(f"what changes this verdict: {claim['changes']}\n"
           f"verdict: {verdict} ({minutes:.1f} min, {len(seeds)} seeds)")
     record = {"claim": name, "paper": claim["paper"], "verdict": verdict,

@@ -158,6 +158,7 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
     device = torch.device(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.get("label_smoothing", 0.0))
     lr, l2, momentum = settings["lr"], settings["l2"], settings.get("momentum", 0.0)
+    flip = settings.get("flip", False)
     if settings["optim"] == "SGD":  # Nesterov momentum when there is momentum
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                                     weight_decay=l2, nesterov=momentum > 0)
@@ -188,7 +189,7 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
                 scaler, settings.get("clip_grad"),
                 progress=progress and (lambda b, n, loss, e=epoch: progress(e, b, n, loss)))
             val_loss, val_acc = validate(net, loaders["val"], criterion, device, amp_dtype,
-                                         settings.get("flip", False))
+                                         flip)
             took = time.perf_counter() - start
             for key, value in (("train_losses", round(train_loss, 4)),
                                ("val_losses", round(val_loss, 4)),
@@ -211,10 +212,9 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
                               val_acc=round(val_acc, 2))
         if best_state is not None:
             net.load_state_dict(best_state)
-            test_acc, matrix = test(net, loaders["test"], device, amp_dtype,
-                                    settings.get("flip", False))
+            test_acc, matrix = test(net, loaders["test"], device, amp_dtype, flip)
             result.update(test_acc=round(test_acc, 2), test_confusion=matrix.tolist())
-            if settings.get("flip"):  # what the mirror images added, on the same weights
+            if flip:  # what the mirror images added, on the same weights
                 result["val_acc_no_flip"] = round(validate(
                     net, loaders["val"], criterion, device, amp_dtype)[1], 2)
     except KeyboardInterrupt:
