@@ -20,7 +20,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-
 # 3.3.5 conv -> ReLU -> conv -> ReLU -> pool, three times, then one fully connected layer
 class CNN(nn.Module):
     """The lecture's ConvNet for 32x32 CIFAR-10 images (82,330 parameters).
@@ -97,8 +96,7 @@ def main(argv=None):
 # at lr=1e-3 only learned through its gradient-accumulation bug (see README).
 LECTURE_SETTINGS = dict(optim=["SGD"], lr=[1e-3], momentum=0.0, l2=[1e-5], schedule="none",
                         augment=False, label_smoothing=0.0, clip_grad=0.0, flip=False,
-                        test_batch_size=32,
-                        init="pytorch", exp_name="cnn_lecture")
+                        test_batch_size=32, init="pytorch", exp_name="cnn_lecture")
 # the options of which one may take several values: one run per value, then a comparison
 SWEEPABLE = ("lr", "act", "optim", "l2")
 SETTING_KEYS = ("momentum", "schedule", "label_smoothing", "clip_grad", "flip", "init",
