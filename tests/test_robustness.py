@@ -278,9 +278,9 @@ def _start(tmp_path, *extra):
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigterm_and_sighup_save_like_ctrl_c(tmp_path):
-    cases = {signal.SIGTERM: 143, signal.SIGHUP: 129}
-    procs = {sig: _start(tmp_path / sig.name) for sig in cases}  # both at once (suite time)
+def test_ctrl_c_sigterm_and_sighup_save_and_exit_128_plus_signal(tmp_path):
+    cases = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+    procs = {sig: _start(tmp_path / sig.name) for sig in cases}  # all at once (suite time)
     try:
         for sig, proc in procs.items():
             for line in proc.stdout:  # wait until one epoch is done
