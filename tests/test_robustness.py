@@ -227,14 +227,6 @@ def test_disk_full_at_the_end_saves_what_it_can(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "cnn" / "result.json").read_text())["status"] == "completed"
 
 
-def test_a_second_run_gets_a_fresh_folder_with_normal_permissions(tmp_path):
-    for _ in range(2):
-        assert cnn_train.main([*QUICK, "--out-dir", str(tmp_path)]) == 0
-    assert sorted(os.listdir(tmp_path)) == ["cnn", "cnn-2"]
-    mode = os.stat(tmp_path / "cnn-2" / "result.json").st_mode & 0o777
-    assert mode == 0o666 & ~common._UMASK
-
-
 def test_reserve_never_shares_a_folder(tmp_path):
     folders = {common.reserve(str(tmp_path / "cnn"), folder=True) for _ in range(3)}
     assert len(folders) == 3 and all(os.path.isdir(f) for f in folders)
@@ -312,14 +304,16 @@ def test_signals_while_saving_wait_for_the_files(monkeypatch, capsys):
         common._on_signal(signal.SIGTERM, None)
 
 
-def test_closed_stdout_still_finishes_and_saves(tmp_path):
+def test_closed_stdout_and_a_second_run_finish_and_save_apart(tmp_path):
     """A reader that goes away (`| head -1`), and stdout closed from the start (`>&-`),
-    run at once (suite time): both finish, save and exit 0 without a traceback."""
+    both run at once into one --out-dir: both finish, save and exit 0 without a
+    traceback, the second in a fresh folder with normal permissions."""
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
-    command = [sys.executable, "03_cnn_train.py", *QUICK, "--epochs", "2", "--out-dir"]
-    proc = subprocess.Popen([*command, str(tmp_path / "head")], cwd=ROOT, env=env,
+    command = [sys.executable, "03_cnn_train.py", *QUICK, "--epochs", "2", "--out-dir",
+               str(tmp_path)]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    closed = subprocess.Popen([*command, str(tmp_path / "closed")], cwd=ROOT, env=env,
+    closed = subprocess.Popen(command, cwd=ROOT, env=env,
                               stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
     proc.stdout.readline()  # like `| head -1`
     proc.stdout.close()
@@ -327,9 +321,12 @@ def test_closed_stdout_still_finishes_and_saves(tmp_path):
         err = p.stderr.read().decode()
         assert p.wait(timeout=900) == 0, err
         assert "Traceback" not in err
-    for folder in ("head", "closed"):
-        record = json.loads((tmp_path / folder / "cnn" / "result.json").read_text())
+    assert sorted(os.listdir(tmp_path)) == ["cnn", "cnn-2"]
+    for folder in ("cnn", "cnn-2"):
+        record = json.loads((tmp_path / folder / "result.json").read_text())
         assert record["status"] == "completed" and len(record["result"]["val_accs"]) == 2
+        mode = os.stat(tmp_path / folder / "result.json").st_mode & 0o777
+        assert mode == 0o666 & ~common._UMASK
 
 
 # ----------------------------------------------------------------------------- bad input
