@@ -6,9 +6,6 @@
 Prints what each slide states, checks every hand-written operation against numpy or
 torch, and saves its figures under runs/01_convolution/.
 """
-import common  # first: it turns a Ctrl-C while torch loads into one line
-
-import argparse
 import os
 
 import numpy as np
@@ -16,20 +13,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common
 
 
 # ----------------------------------------------------------------------------- 1-D
 
 def corr1d(x, k):
     """Cross-correlation, 'valid': y[i] = sum_j x[i + j] * k[j] (what deep learning calls
-    convolution: slide the kernel, multiply, sum; no flip)."""
-    n = len(x) - len(k) + 1
-    return np.array([np.sum(x[i:i + len(k)] * k) for i in range(n)])
+    convolution: slide the kernel, multiply, sum; no flip). x and k may be lists, numpy
+    arrays or tensors, as for corr2d."""
+    x, k = torch.as_tensor(x), torch.as_tensor(k)
+    return torch.stack([(x[i:i + len(k)] * k).sum() for i in range(len(x) - len(k) + 1)])
 
 
 def conv1d(x, k):
     """True convolution, 'valid': flip the kernel, then slide, multiply, sum."""
-    return corr1d(x, k[::-1])
+    return corr1d(x, torch.flip(torch.as_tensor(k), dims=(0,)))
 
 
 # ----------------------------------------------------------------------------- 2-D
@@ -135,8 +134,7 @@ def plot_maps(maps, titles, path, suptitle, show, cmap="gray"):
 # ----------------------------------------------------------------------------- main
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=common.HelpFormatter)
+    p = common.Parser(description=__doc__.split("\n\n")[0])
     common.add_data_args(p, picture=True)
     return p
 
@@ -179,8 +177,8 @@ def main(argv=None):
     k = np.array([1.0, 0.0, -1.0])
     print(f"signal x = {x.astype(int).tolist()}, kernel k = {k.astype(int).tolist()}")
     conv, corr = conv1d(x, k), corr1d(x, k)
-    print(f"convolution (flip k, multiply, sum): {conv.astype(int).tolist()}")
-    print(f"cross-correlation (no flip):         {corr.astype(int).tolist()}")
+    print(f"convolution (flip k, multiply, sum): {conv.int().tolist()}")
+    print(f"cross-correlation (no flip):         {corr.int().tolist()}")
     print("  with this antisymmetric kernel the two differ only in sign; deep learning "
           "uses cross-correlation, and learns the kernel, so the flip does not matter")
     check("conv1d == numpy.convolve(mode='valid')",
@@ -188,7 +186,7 @@ def main(argv=None):
     check("corr1d == numpy.correlate(mode='valid')",
           np.allclose(corr, np.correlate(x, k, mode="valid")))
     torch_corr = F.conv1d(torch.tensor(x).view(1, 1, -1), torch.tensor(k).view(1, 1, -1))
-    check("corr1d == torch.nn.functional.conv1d", np.allclose(corr, torch_corr.flatten().numpy()))
+    check("corr1d == torch.nn.functional.conv1d", np.allclose(corr, torch_corr.flatten()))
     shift = 3
     shifted = corr1d(np.roll(x, shift), k)
     check(f"shift the input by {shift} -> the output shifts by {shift}",

@@ -7,8 +7,6 @@ the VGG rule in numbers.
 Prints what each slide states, checks each formula against real torch layers, and
 saves its figures under runs/02_padding_pooling/.
 """
-import common  # first: it turns a Ctrl-C while torch loads into one line
-
 import argparse
 import itertools
 import os
@@ -17,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common
 
 
 def conv_output_size(w, k, p=0, s=1):
@@ -142,8 +141,7 @@ def channels(text):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
-                                formatter_class=common.HelpFormatter)
+    p = common.Parser(description=" ".join(__doc__.split("\n\n")[0].split()))
     common.add_data_args(p, picture=True)
     p.add_argument("--channels", type=channels, default=64,
                    help=f"C for the VGG-rule tables, 1 to {MAX_CHANNELS}")

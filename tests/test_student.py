@@ -16,24 +16,48 @@ from conftest import ROOT, load_script, run_main
 
 conv = load_script("01_convolution.py")
 cnn_train = load_script("03_cnn_train.py")
+cases = load_script("04_case_studies.py")
 QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "128", "--no-download")
 
 PASTE_MAIN = """
 torch.manual_seed(0)
 g = torch.Generator().manual_seed(0)
-def batches(n):
-    return [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))
-            for _ in range(n)]
-loaders = {"train": batches(4), "val": batches(2), "test": batches(2)}
+data = torch.utils.data.TensorDataset(torch.randn(96, 3, 32, 32, generator=g),
+                                      torch.randint(0, 10, (96,), generator=g))
+train_loader = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True)
+val_loader = torch.utils.data.DataLoader(data, batch_size=32)
 net = CNN()
-settings = dict(optim="SGD", lr=0.01, l2=0.0, momentum=0.9, epochs=2, schedule="onecycle")
-settings, result = experiment(net, loaders, settings, "cpu")
+for bad, why in ((train_loader, "a single loader"), ({"train": train_loader}, "no val"),
+                 ((train_loader, val_loader), "a tuple")):
+    try:
+        experiment(net, bad, dict(lr=0.01, epochs=2), "cpu")
+        raise SystemExit("accepted " + why)
+    except ValueError as err:
+        assert "loaders" in str(err) and "\\n" not in str(err), err
+for bad in (dict(lr=0.01, epochs=2, optim="sgd"), dict(lr=0.01, epochs=2, shedule="none"),
+            dict(epochs=2)):
+    try:
+        experiment(net, {"train": train_loader, "val": val_loader}, bad, "cpu")
+        raise SystemExit("accepted " + str(bad))
+    except ValueError as err:
+        print("refused:", err)
+result = experiment(net, {"train": train_loader, "val": val_loader, "test": val_loader},
+                    dict(lr=0.01, momentum=0.9, epochs=2, schedule="onecycle"), "cpu")
 assert len(result["val_accs"]) == 2 and result["test_acc"] is not None, result
-plot_loss_variation(result).savefig("loss.png")
-plot_acc_variation(result).savefig("acc.png")
-imshow(loaders["val"][0][0][0].clamp(-1, 1), "an image").savefig("img.png")
+result = experiment(CNN(), {"train": train_loader, "val": val_loader}, dict(lr=0.01, epochs=1), "cpu")
+assert result["test_acc"] is None and result["status"] == "completed"
+for name, fig in (("loss", plot_loss_variation(result)), ("acc", plot_acc_variation(result))):
+    fig.savefig(name + ".png")  # a plain savefig: nothing may stick out of the figure
+    box = fig.bbox
+    for artist in [fig.axes[0].get_legend(), *fig.axes[0].texts]:
+        e = artist.get_window_extent()
+        assert box.x0 <= e.x0 and e.x1 <= box.x1 and box.y0 <= e.y0 and e.y1 <= box.y1, name
+imshow(next(iter(val_loader))[0][0].clamp(-1, 1), "an image").savefig("img.png")
 print("corr2d", corr2d(np.arange(9.0).reshape(3, 3), np.array([[0.0, 1.0], [2.0, 3.0]])).tolist())
-print("corr1d", corr1d(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0])).tolist())
+print("corr1d", corr1d([0, 0, 1, 2, 3, 2, 1], [1, 0, -1]).tolist())
+print("conv1d", conv1d([0, 0, 1, 2, 3, 2, 1], [1, 0, -1]).tolist())
+block = BasicBlock(16, 32, stride=2)
+print("block", tuple(block(torch.randn(2, 16, 8, 8)).shape))
 print("PASTED OK")
 """
 
@@ -49,21 +73,22 @@ def readme_paste_list():
         match = re.match(r"- `(\S+\.py)`: (.*)", line)
         if match:
             module = {"common.py": common, "03_cnn_train.py": cnn_train,
-                      "01_convolution.py": conv}[match.group(1)]
+                      "01_convolution.py": conv, "04_case_studies.py": cases}[match.group(1)]
             pieces += [getattr(module, name) for name in re.findall(r"`(\w+)`", match.group(2))]
     return imports, pieces
 
 
 def test_lecture_functions_paste_into_a_notebook(tmp_path):
     """Exactly what README's "Copy into homework" lists runs in a file with exactly its
-    imports (no common, no script, no other module)."""
+    imports (no common, no script, no other module), on plain DataLoaders."""
     imports, pieces = readme_paste_list()
     assert imports == ["import torch", "import torch.nn as nn",
                        "import torch.nn.functional as F", "import numpy as np",
                        "import matplotlib.pyplot as plt"]
     assert {p.__name__ for p in pieces} >= {"train", "validate", "test", "experiment",
                                            "plot_loss_variation", "plot_acc_variation",
-                                           "imshow", "CNN", "corr2d"}
+                                           "imshow", "CNN", "corr1d", "conv1d", "corr2d",
+                                           "BasicBlock"}
     source = "\n".join(imports) + "\n\n" + "\n\n".join(inspect.getsource(p) for p in pieces) \
         + PASTE_MAIN
     path = tmp_path / "homework.py"
@@ -75,14 +100,21 @@ def test_lecture_functions_paste_into_a_notebook(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "PASTED OK" in proc.stdout
     assert "corr2d [[19.0, 25.0], [37.0, 43.0]]" in proc.stdout
+    assert "corr1d [-1, -2, -2, 0, 2]" in proc.stdout  # lists, as 01 prints them
+    assert "block (2, 32, 4, 4)" in proc.stdout
+    assert proc.stdout.count("refused: settings:") == 3
     assert all((tmp_path / f).stat().st_size > 0 for f in ("loss.png", "acc.png", "img.png"))
 
 
-def test_corr2d_accepts_numpy_like_corr1d():
+def test_corr1d_and_corr2d_take_lists_arrays_and_tensors():
     X = np.random.default_rng(0).normal(size=(6, 7))
     K = np.array([[1.0, -1.0], [0.5, 2.0]])
     assert np.allclose(conv.corr2d(X, K).numpy(), conv.corr2d(torch.tensor(X),
                                                               torch.tensor(K)).numpy())
+    x, k = [0, 0, 1, 2, 3, 2, 1, 0], [1, 0, -1]
+    for xs, ks in ((x, k), (np.array(x), np.array(k)), (torch.tensor(x), torch.tensor(k))):
+        assert conv.corr1d(xs, ks).tolist() == np.correlate(x, k, mode="valid").tolist()
+        assert conv.conv1d(xs, ks).tolist() == np.convolve(x, k, mode="valid").tolist()
 
 
 class FakeClock:
@@ -94,9 +126,8 @@ class FakeClock:
 
 
 def _drive(progress, clock, steps=40, dt=0.4):
-    for batch in range(1, steps + 1):
+    for _ in progress(list(range(steps)), 1):
         clock.now += dt
-        progress(1, batch, steps, torch.tensor(2.0))
 
 
 def test_progress_on_a_terminal_redraws_one_line(monkeypatch):
@@ -108,20 +139,22 @@ def test_progress_on_a_terminal_redraws_one_line(monkeypatch):
             return True
 
     out = Terminal()
-    progress = common.Progress(epochs=3, stream=out, log=lambda *_: None)
+    monkeypatch.setattr(sys, "stdout", out)
+    progress = common.Progress(epochs=3)
     _drive(progress, clock)
     progress.clear()
     text = out.getvalue()
     assert text.count("\r") > 10 and "\n" not in text
-    assert "epoch 1/3: batch 40/40, loss 2.000" in text and "left" in text
-    assert text.endswith("\r" + " " * common.Progress.WIDTH + "\r")
+    assert "epoch 1/3: batch 39/40" in text and "left" in text
+    assert text.endswith("\r" + " " * 79 + "\r")
 
 
 def test_progress_into_a_file_prints_few_plain_lines(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(common.time, "perf_counter", clock)
     out = io.StringIO()
-    progress = common.Progress(epochs=40, stream=out, log=lambda *_: None)
+    monkeypatch.setattr(sys, "stdout", out)
+    progress = common.Progress(epochs=40)
     _drive(progress, clock, steps=300, dt=0.5)  # a 150-second epoch
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and 2 <= len(lines) <= 4
@@ -129,21 +162,18 @@ def test_progress_into_a_file_prints_few_plain_lines(monkeypatch):
     assert "run ~" in lines[0]
 
 
-def test_help_shows_defaults_readably(capsys):
+def test_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         cnn_train.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: None)" not in text and "[0.05]" not in text
-    assert "(default: 0.05)" in text and "(default: relu)" in text
-    assert "label smoothing, 0 (off) to 1 (default: 0.0)" in text  # a zero default shows too
-    assert "NAME-2, NAME-3" in text and "compute capability" in text
+    assert "(default: [0.05])" in text and "(default: ['relu'])" in text
+    assert "(default: onecycle)" in text and "NAME-2, NAME-3" in text
     for option in ("--act", "--deterministic", "--lecture"):
         assert option in text
     with pytest.raises(SystemExit):
         load_script("02_padding_pooling.py").build_parser().parse_args(["--help"])
-    two = " ".join(capsys.readouterr().out.split())
-    assert "receptive fields and the VGG rule in numbers." in two
-    assert "matplotlib's sample photo" in two
+    assert "receptive fields and the VGG rule in numbers." in " ".join(
+        capsys.readouterr().out.split())
 
 
 def test_figures_of_a_run_without_epochs_say_so():
@@ -157,7 +187,8 @@ def test_figures_of_a_run_without_epochs_say_so():
     fig = common.plot_acc_variation(one)
     assert fig.axes[0].get_ylim() == (0, 100) and fig.axes[0].get_title().endswith("1 epoch")
     common.plt.close(fig)
-    nan_filters = cnn_train.plot_filters(torch.full((16, 3, 3, 3), float("nan")))
+    nan_filters = cnn_train.plot_filters(torch.full((16, 3, 3, 3), float("nan")),
+                                         torch.ones(16, 3, 3, 3))
     assert any("diverged" in t.get_text() for t in nan_filters.texts)
     common.plt.close(nan_filters)
 
@@ -185,10 +216,10 @@ def test_act_sweep_writes_one_run_per_value_a_figure_and_a_summary(tmp_path, cap
     proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--act", "relu",
                     "tanh"], capsys)
     assert proc.returncode == 0, proc.stderr
+    sweep = tmp_path / "synthetic" / "cnn_act"
     for act in ("relu", "tanh"):
-        record = json.loads((tmp_path / f"cnn_{act}" / "result.json").read_text())
-        assert record["settings"]["act"] == act
-    assert (tmp_path / "cnn_act.png").stat().st_size > 0
+        assert json.loads((sweep / act / "result.json").read_text())["act"] == act
+    assert (sweep / "act.png").stat().st_size > 0 and (sweep / "summary.json").exists()
     assert "epochs to train error < 25%" in proc.stdout
     assert "python 04_case_studies.py --claim relu" in proc.stdout  # the verdict lives there
     rows = [line.split()[0] for line in proc.stdout.splitlines()
@@ -199,7 +230,7 @@ def test_act_sweep_writes_one_run_per_value_a_figure_and_a_summary(tmp_path, cap
 def test_result_json_records_precision_and_rounded_accuracies(tmp_path, capsys):
     proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path)], capsys)
     assert proc.returncode == 0, proc.stderr
-    record = json.loads((tmp_path / "cnn" / "result.json").read_text())
+    record = json.loads((tmp_path / "synthetic" / "cnn" / "result.json").read_text())
     assert record["precision"] in ("bf16", "fp32") and "amp" not in record["settings"]
     assert record["device_name"] and record["date"]
     for acc in record["result"]["val_accs"] + [record["result"]["test_acc"]]:
@@ -241,20 +272,13 @@ def test_receptive_box_is_exactly_the_pixels_with_gradient(layer, field, where):
     assert len(rows) == (bottom - top + 1) * (right - left + 1)  # the whole box, nothing else
 
 
-def test_layer_figures_from_a_run_and_from_a_saved_model(tmp_path, capsys):
+def test_a_run_saves_the_layer_figures_and_the_filters_movement(tmp_path, capsys):
     proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--save-model"], capsys)
     assert proc.returncode == 0, proc.stderr
-    assert "one pass over the val set with hooks took" in proc.stdout
-    for name in ("features.png", "top_patches.png"):
-        assert (tmp_path / "cnn" / name).stat().st_size > 0
-    again = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--exp-name", "look",
-                                 "--from-model", str(tmp_path / "cnn" / "model.pt")], capsys)
-    assert again.returncode == 0, again.stderr
-    assert "Epoch" not in again.stdout
-    assert sorted(os.listdir(tmp_path / "look")) == ["features.png", "top_patches.png"]
-    with pytest.raises(SystemExit) as exit_:
-        cnn_train.main([*QUICK, "--from-model", str(tmp_path / "nope.pt")])
-    assert exit_.value.code == 2
+    folder = tmp_path / "synthetic" / "cnn"
+    for name in ("features.png", "top_patches.png", "filters.png", "model.pt"):
+        assert (folder / name).stat().st_size > 0
+    assert "[SYNTHETIC DATA]" in [l for l in proc.stdout.splitlines() if "val acc" in l][0]
 
 
 def test_strongest_responses_find_the_brightest_image():
@@ -270,12 +294,3 @@ def test_strongest_responses_find_the_brightest_image():
     unit, hits = found["conv1_2"][0]
     n, i, j = hits[0]
     assert n == 13 and 5 <= i <= 8 and 20 <= j <= 23
-
-
-def test_act_with_its_own_lr(capsys):
-    args = cnn_train.parse_args(["--act", "relu=0.05", "tanh=0.02"])
-    assert args.act == ["relu", "tanh"] and args.act_lr == {"relu": 0.05, "tanh": 0.02}
-    assert [s["lr"] for _, _, s in cnn_train.sweep_plan(args, "fp32")] == [0.05, 0.02]
-    with pytest.raises(SystemExit):
-        cnn_train.parse_args(["--act", "relu=0.05", "--lr", "0.1", "0.2"])
-    assert "not both" in capsys.readouterr().err
