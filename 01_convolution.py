@@ -4,8 +4,7 @@
     python 01_convolution.py --image me.jpg  # any picture of yours
 
 Prints what each slide states, checks every hand-written operation against numpy or
-torch, and saves its figures under runs/01_convolution/.
-"""
+torch; figures go to runs/01_convolution/."""
 import os
 
 import numpy as np
@@ -78,8 +77,6 @@ def conv_params(c_in, c_out, k):
     return c_out * (c_in * k * k + 1)
 
 
-# ----------------------------------------------------------------------------- figures
-
 def plot_equivariance(x, k, shift, path, show):
     y = corr1d(x, k)
     xs = np.roll(x, shift)
@@ -130,8 +127,6 @@ def plot_maps(maps, titles, path, suptitle, show, cmap="gray"):
     fig.suptitle(suptitle, fontsize=10)
     return common.save_figure(fig, path, show)
 
-
-# ----------------------------------------------------------------------------- main
 
 def build_parser():
     p = common.Parser(description=__doc__.split("\n\n")[0])
@@ -191,7 +186,8 @@ def main(argv=None):
     shifted = corr1d(np.roll(x, shift), k)
     check(f"shift the input by {shift} -> the output shifts by {shift}",
           np.allclose(shifted[shift:], corr[:-shift]))
-    print(f"saved {plot_equivariance(x, k, shift, os.path.join(out, 'equivariance_1d.png'), args.show)}")
+    path = plot_equivariance(x, k, shift, os.path.join(out, "equivariance_1d.png"), args.show)
+    print(f"saved {path}")
 
     # 3.3.2 Convolution in 2-D: sliding window ----------------------------------------
     common.section("3.3.2 2-D: slide, multiply, sum")

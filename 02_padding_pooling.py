@@ -4,10 +4,8 @@ the VGG rule in numbers.
     python 02_padding_pooling.py                 # the lecture's car (or a sample photo offline)
     python 02_padding_pooling.py --image me.jpg  # any picture of yours
 
-Prints what each slide states, checks each formula against real torch layers, and
-saves its figures under runs/02_padding_pooling/.
-"""
-import argparse
+Prints what each slide states, checks each formula against real layers; figures go to
+runs/02_padding_pooling/."""
 import itertools
 import os
 
@@ -130,21 +128,15 @@ def plot_stages(stages, path, title, show):
     return common.save_figure(fig, path, show)
 
 
-MAX_CHANNELS = 1024  # a 5x5 C->C conv at C = 1024 holds 26M weights; more is only slow
-
-
-def channels(text):
-    value = common.positive_int(text)
-    if value > MAX_CHANNELS:
-        raise argparse.ArgumentTypeError(f"at most {MAX_CHANNELS}, got {text}")
-    return value
+# at most 1024: a 5x5 C->C conv at C = 1024 holds 26M weights; more is only slow
+channels = common.number(int, low=1, high=1024, what="between 1 and 1024")
 
 
 def build_parser():
     p = common.Parser(description=" ".join(__doc__.split("\n\n")[0].split()))
     common.add_data_args(p, picture=True)
     p.add_argument("--channels", type=channels, default=64,
-                   help=f"C for the VGG-rule tables, 1 to {MAX_CHANNELS}")
+                   help="C for the VGG-rule tables, 1 to 1024")
     return p
 
 

@@ -537,26 +537,26 @@ def design_rules(log=print):
         f"{r['macs'] / 1e6:.0f}M mult-adds,\n  {r['out_channels']} channels out; without: "
         f"{n['params']:,} params, {n['macs'] / 1e6:.0f}M mult-adds, {n['out_channels']} channels")
     log(f"  lesson: thinning the channels with 1x1 convs first cuts the cost "
-        f"{n['macs'] / r['macs']:.1f}x, and the output no longer grows by the whole input")
+        f"{n['macs'] / r['macs']:.1f}x,\n  and the output no longer grows by the whole input")
     torch.manual_seed(0)
     base, se = common.count_params(ResNet(20)), common.count_params(ResNet(20, block=SEBasicBlock))
     macs = image_macs(ResNet(20)), image_macs(ResNet(20, block=SEBasicBlock))
     log(f"SE block: ResNet-20 {base:,} params, SE-ResNet-20 {se:,}: a channel-wise gate costs "
-        f"two small FC layers per block,\n  +{100 * (se - base) / base:.1f}% parameters and "
+        f"two small\n  FC layers per block, +{100 * (se - base) / base:.1f}% parameters and "
         f"+{100 * (macs[1] - macs[0]) / macs[0]:.2f}% multiply-adds")
     grads = {}
     for depth in (20, 56):
         for residual in (False, True):
             torch.manual_seed(0)
             grads[(depth, residual)] = first_layer_grad_norm(ResNet(depth, residual=residual))
-        log(f"gradient norm reaching the first conv at initialisation (one batch of noise), "
-            f"depth {depth}: plain {grads[(depth, False)]:.3g}, residual {grads[(depth, True)]:.3g}")
+        log(f"gradient norm reaching the first conv at initialisation, depth {depth}: plain "
+            f"{grads[(depth, False)]:.3g}, residual {grads[(depth, True)]:.3g}")
     log(f"  lesson: from 20 to 56 layers it changes {grads[(56, False)] / grads[(20, False)]:.3g}x "
-        f"without shortcuts and {grads[(56, True)] / grads[(20, True)]:.3g}x with them. With\n"
-        f"  batch norm in every layer a deep plain net's gradient explodes at initialisation "
-        f"(Yang et al. 2019,\n  'A Mean Field Theory of Batch Normalization'); without batch "
-        f"norm it vanishes, as the slide says.\n  Either way the shortcuts pass it back "
-        f"unchanged, so its size stops depending on depth")
+        f"without shortcuts, {grads[(56, True)] / grads[(20, True)]:.3g}x with them\n"
+        f"  (one batch of noise). With batch norm in every layer a deep plain net's gradient "
+        f"explodes at\n  initialisation (Yang et al. 2019, 'A Mean Field Theory of Batch "
+        f"Normalization'); the slide's\n  vanishing gradient is the deep net without it. The "
+        f"shortcuts carry the gradient around each block")
     dense, growth = DenseNet(100, 12), []
     for i, block in enumerate((dense.block1, dense.block2, dense.block3), 1):
         growth.append((block[0].net[0].num_features, len(block), block.out_channels))
@@ -660,14 +660,12 @@ def train_models(names, args, device, precision):
 
 
 # ============================================================================ the slides' claims
-# A claim is a row of CLAIMS: the paper and its number, the runs it trains (each for every
-# seed), its parts, its budgets and what changes its verdict. One engine trains the runs
-# and applies one rule, fixed before any run, to every part: two runs are compared by one
-# metric read at the end of training; the part holds when the claimed gain beats the spread
-# between seeds + MARGIN points, is contradicted when the opposite gain does, and is
+# A claim is a row of CLAIMS: the paper, the runs it trains for every seed, its parts, its
+# budgets, what changes its verdict. One rule, fixed before any run, decides every part: two
+# runs compared by one metric at the end of training; it holds when the claimed gain beats
+# the seed spread + MARGIN points, is contradicted when the opposite gain does, and is
 # inconclusive otherwise: within noise, or no power when a run it names as 'learned' stayed
-# below LEARNED% best val accuracy (chance is 10%). A part marked 'full' needs more steps
-# than the quick budget has: at --budget quick it is said so and not trained.
+# below LEARNED% val (chance: 10%). A 'full' part is not trained at the quick budget.
 
 MARGIN, LEARNED = 1.0, 25.0
 METRICS = {  # name: (the number read from a run's result, whether lower is better)
@@ -681,11 +679,10 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 class CudaConvnet(nn.Module):
-    """The network of AlexNet's Figure 1 (Krizhevsky et al. 2012): the CIFAR-10 example
-    layers-19pct.cfg of Krizhevsky's cuda-convnet. paper=True also takes its init (weights
-    N(0, 1e-4) in conv1 and N(0, 1e-2) elsewhere, biases 0) and inputs (raw 0-255 pixels
-    minus the mean; we subtract the per-channel mean, not the mean image); paper=False takes
-    Glorot (tanh) or He (relu) init and standardised inputs."""
+    """The network of AlexNet's Figure 1: cuda-convnet's layers-19pct.cfg for CIFAR-10.
+    paper=True also takes its init (N(0, 1e-4) in conv1, N(0, 1e-2) elsewhere, biases 0) and
+    inputs (raw 0-255 pixels minus the per-channel mean, not the mean image); paper=False
+    takes Glorot (tanh) or He (relu) init and standardised inputs."""
 
     def __init__(self, act="relu", paper=True, num_classes=10):
         super().__init__()
@@ -716,11 +713,10 @@ class CudaConvnet(nn.Module):
 
 
 class SmallVGG(nn.Module):
-    """The VGG rule in one net (Simonyan and Zisserman 2015, section 2.3): a 3x3 stem to C
-    channels, then three stages whose C -> C body is either two 3x3 convs (18 C^2 weights,
-    two ReLUs) or one 5x5 conv (25 C^2 weights, one ReLU), the same 5x5 receptive field.
-    Between stages a max pool halves the map and a 1x1 conv doubles C (32, 64, 128). Every
-    conv has BatchNorm; global average pooling and one linear layer end it."""
+    """The VGG rule in one net (Simonyan and Zisserman 2015, section 2.3): a 3x3 stem, then
+    three stages whose C -> C body is two 3x3 convs (18 C^2 weights, two ReLUs) or one 5x5
+    (25 C^2, one ReLU), the same receptive field; between stages a max pool halves the map
+    and a 1x1 conv doubles C (32, 64, 128). BatchNorm everywhere; average pool, linear."""
 
     def __init__(self, kernel=3, width=32, num_classes=10):
         super().__init__()
@@ -749,8 +745,8 @@ def cost_3x3_vs_5x5():
             f"{m5 / 1e6:.1f}M mult-adds", p3 < p5 and m3 < m5)
 
 
-# The learning rate of each (activation, setup): the best training error after 3 epochs on
-# the quick budget's 5,000 images among 3e-4 ... 3e-2 (seed 123; README gives the sweep).
+# Each (activation, setup)'s lr: the lowest training error after 3 epochs on the quick
+# budget's 5,000 images among 3e-4, 1e-3, 3e-3, 1e-2, 3e-2 (seed 123, 2026-11-30).
 RELU_LRS = {("relu", "paper"): 3e-3, ("tanh", "paper"): 3e-2,
             ("relu", "modern"): 3e-3, ("tanh", "modern"): 3e-2}
 BN_LRS = (0.01, 0.1)  # the same lr for both nets, then 10x it: no warm-up, no clipping
@@ -912,11 +908,10 @@ def measure_claim(name, args, device, precision):
     parts, conditions = claim["parts"], claim.get("conditions", [])
     needed = {p[k] for p in parts + conditions if "fixed" not in p and not (quick and p.get("full"))
               for k in ("better", "than")}
-    seeds, results, kind = list(range(args.seed, args.seed + args.seeds)), {}, None
-    partition = common.load_data(args, limit) if needed else None
-    out = os.path.join(common.out_root(args.out_dir, partition) if needed else args.out_dir,
-                       "04_case_studies", "claims")
-    folder = common.reserve(os.path.join(out, name))  # the runs' folders; NAME.json beside it
+    seeds, results = list(range(args.seed, args.seed + args.seeds)), {}
+    partition = common.load_data(args, limit) if needed else {"kind": None}
+    folder = common.reserve(os.path.join(common.out_root(args.out_dir, partition),
+                                         "04_case_studies", "claims", name))  # NAME.json beside
     print(textwrap.fill(f"claim {name}: {claim['paper']}", 100))
     for run in (r for r in claim["runs"] if r in needed):
         build_model, lr, l2 = claim["runs"][run]
@@ -927,22 +922,24 @@ def measure_claim(name, args, device, precision):
             if code in (1, 130):
                 print(f"claim {name}: not all runs finished; no verdict", file=sys.stderr)
                 return code
-            if any("eval mode" in p.get("metric", "") for p in parts):
-                train_set = common.DeviceLoader(*partition["train"], 500, device)
+            if any("eval mode" in p.get("metric", "") for p in parts):  # the same weights
                 result["train_acc_eval"] = common.validate(
-                    net, train_set, nn.CrossEntropyLoss(), device, common.AMP_DTYPES[precision])[1]
+                    net, common.DeviceLoader(*partition["train"], 500, device),
+                    nn.CrossEntropyLoss(), device, common.AMP_DTYPES[precision])[1]
             results.setdefault(run, []).append(result)
     decided = [decide(p, results, quick) for p in parts]
     beside = [decide(p, results, quick) for p in conditions]
     verdict, minutes = claim_verdict(decided), (time.perf_counter() - started) / 60
-    kind = partition["kind"] if partition else None
+    kind = partition["kind"]
     for label, group in (("part", decided), ("beside it, not in the verdict", beside)):
         for p in group:
-            print(f"{label}: {p['name']}")
+            print(textwrap.fill(f"{label}: {p['name']}", 100, subsequent_indent="    "))
             for key in ("rule", "ours"):
                 print(textwrap.fill(p[key], 100, initial_indent=f"  {key}: ",
                                     subsequent_indent="    "))
-            print(f"  verdict: {p['verdict']}" + (f" ({p['reason']})" if p["reason"] else ""))
+            print(textwrap.fill(f"  verdict: {p['verdict']}" + (f" ({p['reason']})" if p["reason"]
+                                                                  else ""), 100,
+                                subsequent_indent="    "))
     print(textwrap.fill(f"what changes this verdict: {claim['changes']}", 100))
     print(f"verdict: {verdict} ({minutes:.1f} min, {len(seeds)} seeds, {budget} budget: "
           f"{limit or 'all'} images per split, {common.epochs_text(epochs)})"

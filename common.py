@@ -1,10 +1,6 @@
-"""The lecture's shared code, in reading order: the training loop (train, validate, test,
-experiment), the plots, what a layer sees and costs, the data batches, the device.
-
-Below the PLUMBING banner is what a command-line tool adds: start-up with its one error
-handler, the one helper that trains and saves a run, getting the data, precision, progress,
-options and files. The lecture's functions paste into a notebook (README, "Copy into homework").
-"""
+"""The lecture's shared code, in reading order: the training loop, the plots, what a layer
+sees and costs, the data batches, the device. Below the PLUMBING banner is what a command-line
+tool adds; a student need not read it. The lecture's functions paste into a notebook (README)."""
 import argparse
 import datetime
 import json
@@ -44,12 +40,10 @@ def autocast(device, amp_dtype=None):
 
 def train(net, loader, optimizer, criterion, device, scheduler=None, amp_dtype=None):
     """One epoch; returns (mean loss, accuracy in %) over its batches, in training mode.
-
-    Gradients are zeroed before every step (the notebook zeroed them once per epoch). fp16
+    Gradients are zeroed before every step (the notebook zeroed them once per epoch); fp16
     scales the loss so that small gradients survive. A net with an auxiliary classifier
-    (GoogLeNet) returns (logits, aux_logits) in training: 0.3 x the aux loss joins the step;
-    the loss returned is the main head's, the quantity validate reports.
-    """
+    (GoogLeNet) returns (logits, aux_logits) in training: 0.3 x the aux loss joins the step,
+    and the loss returned is the main head's, the quantity validate reports."""
     device = torch.device(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     net.train()
@@ -163,7 +157,6 @@ def make_scheduler(optimizer, settings, loader):
 def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progress=None):
     """Train for settings['epochs'] epochs (counted from 1), keep the weights of the best
     val epoch and test them once; returns the result dict (the lecture's keys and more).
-
     loaders: {'train': ..., 'val': ..., 'test': ...} ('test' may be left out: no test),
     each yielding (inputs, labels) batches as a DataLoader does. settings: lr, epochs and
     any of check_settings' keys. result['status']: 'completed', 'diverged' (a loss NaN,
@@ -182,7 +175,7 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
     result = {"train_losses": [], "val_losses": [], "train_accs": [], "val_accs": [],
               "train_acc": None, "val_acc": None, "test_acc": None, "test_confusion": None,
               "epoch_seconds": [], "best_epoch": None, "status": "completed"}
-    best_state, flip = None, settings["flip"]
+    best_state, best_acc, flip = None, -1.0, settings["flip"]
     try:
         for epoch in range(1, settings["epochs"] + 1):
             start = time.perf_counter()
@@ -197,14 +190,14 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
                 result[key].append(round(value, 4 if "losses" in key else 2))
             log(f"Epoch {epoch}, Acc(train/val): {train_acc:2.2f}/{val_acc:2.2f}, "
                 f"Loss(train/val) {train_loss:2.2f}/{val_loss:2.2f}. Took {took:2.2f} sec")
-            if not max(train_loss, val_loss) <= 100:  # NaN, inf or a blow-up
+            if not (train_loss <= 100 and val_loss <= 100):  # NaN, inf or a blow-up
                 result["status"] = "diverged"
-                log(f"stopped: the loss became NaN, infinite or above 100 in epoch {epoch} "
-                    f"with lr={settings['lr']:g}; use a smaller learning rate (e.g. "
-                    f"{settings['lr'] / 10:g}), or warm-up and gradient clipping")
+                log(f"stopped: the loss is NaN, infinite or above 100; use a smaller lr "
+                    f"(e.g. {settings['lr'] / 10:g}) or warm-up")
                 break
-            if best_state is None or val_acc > result["val_acc"]:
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            if val_acc > best_acc:
+                best_state, best_acc = {k: v.detach().clone() for k, v in
+                                        net.state_dict().items()}, val_acc
                 result.update(best_epoch=epoch, train_acc=round(train_acc, 2),
                               val_acc=round(val_acc, 2))
         if best_state is not None:
@@ -216,11 +209,9 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
                 result["val_acc_no_flip"] = round(validate(
                     net, loaders["val"], criterion, device, amp_dtype)[1], 2)
     except (KeyboardInterrupt, MemoryError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and "out of memory" not in str(err) and \
-                "allocate memory" not in str(err):
-            raise
-        result["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else \
-            "out of memory"
+        if isinstance(err, RuntimeError) and "out of memory" not in str(err):
+            raise  # a real error, not the GPU's (or MPS's) memory running out
+        result["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "out of memory"
         if best_state is not None:
             net.load_state_dict(best_state)
     return result
@@ -276,11 +267,6 @@ def imshow(img, title="", mean=0.5, std=0.5):
     return fig
 
 
-def unnormalize(x):
-    """Float image(s) in the lecture's normalisation back to [0, 1]."""
-    return (x * STD + MEAN).clamp(0, 1)
-
-
 # ============================================================================ What a layer sees and costs
 
 def receptive_field(layers):
@@ -309,11 +295,6 @@ def count_macs(model, x):
 
 
 # ============================================================================ Data batches
-
-def to_tensor(array):
-    """The lecture's transform: ToTensor() then Normalize(0.5, 0.5) -> (3, H, W) in [-1, 1]."""
-    return normalize(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None])[0]
-
 
 def normalize(x):
     """uint8 (B, 3, H, W) -> float in [-1, 1], the lecture's Normalize(0.5, 0.5)."""
@@ -344,12 +325,9 @@ def augment(x, dy, dx, flip, pad=4):
 
 
 class DeviceLoader:
-    """Batches of (inputs, labels), like a DataLoader, from uint8 images kept on the device.
-
-    The images move once. Each epoch's order and augmentation are drawn on a CPU generator
-    (the same on every device) and moved in one copy; batches are gathered, augmented and
-    normalised on the device.
-    """
+    """Batches of (inputs, labels), like a DataLoader, from uint8 images moved to the device
+    once. Each epoch's order and augmentation are drawn on a CPU generator (the same on every
+    device) and moved in one copy; batches are gathered, augmented and normalised there."""
 
     def __init__(self, images, labels, batch_size, device, shuffle=False, augment=False,
                  seed=0):
@@ -400,7 +378,7 @@ def get_device(name="auto"):
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if name == "auto":
-        return torch.device("cuda" if gpus else "mps" if mps else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
@@ -460,7 +438,7 @@ def launch(main):
             signal.signal(getattr(signal, name), signal.default_int_handler)
     try:
         code = main()
-        sys.stdout.flush()  # inside the try: a reader that went away is an OSError too
+        print(end="", flush=True)  # in the try: a reader that went away is an OSError too
     except UsageError as err:
         code, line = 2, f"error: {err}"
     except KeyboardInterrupt:
@@ -541,6 +519,14 @@ def cpu_has_bf16():
         return False
 
 
+def synchronize(device):
+    """Wait for the device's queued work, so that a timer measures it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    elif torch.device(device).type == "mps":
+        torch.mps.synchronize()
+
+
 # ---------------------------------------------------------------------------- one run: train and save
 
 EXIT_CODES = {"completed": 0, "out of memory": 1, "diverged": 3, "interrupted": 130}
@@ -562,11 +548,11 @@ def train_and_save(name, build, settings, run, partition, device, out_dir, show=
     progress = Progress(settings["epochs"])
     result = experiment(net, loaders, settings, device, log=progress.clear,
                         amp_dtype=AMP_DTYPES[run["precision"]], progress=progress)
-    progress.clear()
     record = {"settings": settings, **run, "status": result["status"],
               "data": partition["kind"], "result": result, "params": count_params(net),
               **environment(device, run["precision"])}
-    save_json(record, os.path.join(folder, "result.json"))  # first: the numbers are safe
+    save_json(record, os.path.join(folder, "result.json"))  # before any print: a closed
+    progress.clear()                                         # terminal cannot lose it
     save_figure(plot_loss_variation(result, f"{label}: loss{tag}"),
                 os.path.join(folder, "loss.png"), show)
     save_figure(plot_acc_variation(result, f"{label}: accuracy{tag}"),
@@ -625,9 +611,9 @@ class Progress:
         for batch, item in enumerate(loader, 1):
             yield item
             now = time.perf_counter()
-            if now - last < (0.5 if self.tty else 60 if self.shown else 3) or \
-                    (batch == len(loader) and not self.tty):
-                continue
+            wait = 0.5 if self.tty else 60 if self.shown else 3
+            if (now - last < wait and batch < len(loader)) or (batch == len(loader) and not self.tty):
+                continue  # into a pipe, the epoch's own line follows at once
             last, self.shown = now, True
             done = (epoch - 1 + batch / len(loader)) / self.epochs
             spent, left = (datetime.timedelta(seconds=int(t)) for t in
@@ -705,7 +691,8 @@ def load_cifar10(data_dir, download=True):
     except OSError:
         raise  # a full disk, a read-only folder: the one handler names it
     except Exception as err:  # not found or corrupted, a bad archive, a damaged file
-        raise DataError(f"CIFAR-10 in {data_dir} cannot be read ({short_error(err)}); delete "
+        detail = "files missing or damaged" if "download=True" in str(err) else short_error(err)
+        raise DataError(f"CIFAR-10 in {data_dir} cannot be read ({detail}); delete "
                         f"{CIFAR10.base_folder} and {CIFAR10.filename} there to download it "
                         f"anew, or use --data synthetic") from None
     return dict(sets, classes=list(ds.classes))
@@ -760,6 +747,16 @@ def load_image(path=None, data="auto", data_dir="./data", download=True, size=32
                         f"JPEG file") from None
     source = f"your image {path}" if path else f"matplotlib's sample photo grace_hopper.jpg ({why})"
     return array, f"{source}, resized to {size}x{size}"
+
+
+def to_tensor(array):
+    """The lecture's transform: ToTensor() then Normalize(0.5, 0.5) -> (3, H, W) in [-1, 1]."""
+    return normalize(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None])[0]
+
+
+def unnormalize(x):
+    """Float image(s) in the lecture's normalisation back to [0, 1]."""
+    return (x * STD + MEAN).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------- command-line options

@@ -12,9 +12,9 @@ d = torch.device("cuda")
 print("torch", torch.__version__, "| torchvision", torchvision.__version__, "| numpy", numpy.__version__)
 print("gpu", torch.cuda.get_device_name(d), "| capability", torch.cuda.get_device_capability(d),
       "| torch says bf16", torch.cuda.is_bf16_supported(), "| we use", common.choose_precision(d),
-      "|", common.tf32_note(d))
+      "| TF32 convs", torch.backends.cudnn.allow_tf32, "matmuls", torch.backends.cuda.matmul.allow_tf32)
 PY
-python 03_cnn_train.py --device cuda --data synthetic --benchmark                            # ratio target <= 0.2x
+python tests/benchmark.py --device cuda --data synthetic                                      # ratio target <= 0.2x
 python 03_cnn_train.py --device cuda --data synthetic --epochs 2 --out-dir "$out"             # mixed precision + channels_last training
 python 03_cnn_train.py --device cuda --data synthetic --epochs 2 --out-dir "$out" --no-amp    # fp32 (TF32 where on)
 python 03_cnn_train.py --device cuda --data synthetic --epochs 2 --out-dir "$out" --deterministic
@@ -22,7 +22,7 @@ python 04_case_studies.py --device cuda --out-dir "$out"                        
 python 04_case_studies.py --device cuda --train googlenet --aux --data synthetic --epochs 1 --limit 2048 --out-dir "$out"
 python - "$out" <<'PY'
 import json, pathlib, sys
-for p in sorted(pathlib.Path(sys.argv[1]).glob("cnn*/result.json")):
+for p in sorted(pathlib.Path(sys.argv[1]).glob("synthetic/cnn*/result.json")):
     r = json.loads(p.read_text())
-    print(p.parent.name, r["precision"], "val", r["result"]["val_accs"], "s/epoch", r["seconds_per_epoch"])
+    print(p.parent.name, r["precision"], "val", r["result"]["val_accs"], "s/epoch", r["result"]["epoch_seconds"])
 PY

@@ -99,7 +99,7 @@ def test_huge_lr_is_reported_as_diverged(tmp_path, capsys):
                                 str(tmp_path)], capsys)
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "use a smaller learning rate (e.g. 1e+11)" in proc.stdout  # the lecture's log
+    assert "use a smaller lr (e.g. 1e+11)" in proc.stdout  # the lecture's log
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "diverged" in errors[0] and "--lr 1e+11" in errors[0]
     record = json.loads((tmp_path / "synthetic" / "cnn" / "result.json").read_text())

@@ -82,7 +82,7 @@ def test_lecture_functions_paste_into_a_notebook(tmp_path):
     """Exactly what README's "Copy into homework" lists runs in a file with exactly its
     imports (no common, no script, no other module), on plain DataLoaders."""
     imports, pieces = readme_paste_list()
-    assert imports == ["import torch", "import torch.nn as nn",
+    assert imports == ["import time", "import torch", "import torch.nn as nn",
                        "import torch.nn.functional as F", "import numpy as np",
                        "import matplotlib.pyplot as plt"]
     assert {p.__name__ for p in pieces} >= {"train", "validate", "test", "experiment",
@@ -145,7 +145,7 @@ def test_progress_on_a_terminal_redraws_one_line(monkeypatch):
     progress.clear()
     text = out.getvalue()
     assert text.count("\r") > 10 and "\n" not in text
-    assert "epoch 1/3: batch 39/40" in text and "left" in text
+    assert "epoch 1/3: batch 40/40" in text and "left" in text
     assert text.endswith("\r" + " " * 79 + "\r")
 
 
