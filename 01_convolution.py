@@ -240,7 +240,8 @@ def main(argv=None):
     path = plot_maps(list(maps[0]), [f"feature map {i}: {tuple(maps.shape[-2:])}"
                                      for i in range(3)],
                      os.path.join(out, "feature_maps.png"),
-                     f"random (untrained) Conv2d(3, 3, 3) on a {tuple(img.shape)} image: no padding, "
+                     f"random (untrained) Conv2d(3, 3, 3) on a {tuple(img.shape)} image: no "
+                     f"padding, "
                      f"so 32 -> 30", args.show, cmap="viridis")
     print(f"saved {path}")
 

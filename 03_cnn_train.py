@@ -141,7 +141,7 @@ def compare_sweep(rows, args, out, tag):
     print(f"sweep figure and summary: {out}/{args.sweep}.png, summary.json")
 
 
-# ----------------------------------------------------------------------------- 3.3.5 what each layer sees
+# ---------------------------------------------------------------------- 3.3.5 what each layer sees
 # The slide (after Zeiler and Fergus 2014): shallow layers respond to lines and colours,
 # deep layers to larger, more complex parts. Three figures show it for the trained CNN.
 
@@ -174,7 +174,6 @@ def save_cnn_figures(net, result, folder, partition, run, args):
                            os.path.join(folder, "top_patches.png"), args.show)
     if args.save_model:
         state = {k: v.cpu() for k, v in net.state_dict().items()}  # loads on any machine
-        common.save_json(run, os.path.join(folder, "model_settings.json"))
         torch.save({"state_dict": state, "act": run["act"]}, os.path.join(folder, "model.pt"))
     print(f"figures: {folder}/")
 
@@ -227,8 +226,6 @@ def plot_filters(weight, start, title=""):
                  f"detector shows a red/blue split, a colour detector one channel unlike the "
                  f"others", fontsize=9)
     return fig
-
-
 
 
 def layer_geometry(net, upto):
@@ -393,8 +390,8 @@ def build_parser():
                    help="activation after every conv (the notebook's args.act)")
     p.add_argument("--l2", type=common.non_negative_float, nargs="+", default=[5e-4],
                    help="L2 penalty (weight decay)")
-    p.add_argument("--schedule", choices=("onecycle", "cosine", "none"), default="onecycle",
-                   help="onecycle: 20%% warm-up, then linear decay to 0; cosine; none")
+    p.add_argument("--schedule", choices=("onecycle", "none"), default="onecycle",
+                   help="onecycle: 20%% warm-up, then linear decay to 0; none: constant")
     p.add_argument("--clip-grad", type=common.non_negative_float, default=5.0,
                    help="clip the gradient norm to this before each step; 0: off")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,

@@ -369,7 +369,7 @@ class DenseNet(nn.Module):
         return self.head(x)                # (B, 10)
 
 
-# ============================================================================ the models of the table
+# ====================================================================== the models of the table
 
 # name -> (constructor, peak learning rate, weight decay) for SGD with Nesterov momentum 0.9
 # on a one-cycle schedule. ResNet and DenseNet use their papers' CIFAR settings; the VGGs
@@ -417,8 +417,8 @@ def stage_shapes(model, size=32):
     stages, shapes = [], []
     for name, child in model.named_children():
         parts = list(child.named_children())
-        if isinstance(child, nn.ModuleList) or (isinstance(child, nn.Sequential) and parts and
-                                                all(isinstance(c, nn.Sequential) for _, c in parts)):
+        nested = parts and all(isinstance(c, nn.Sequential) for _, c in parts)
+        if isinstance(child, nn.ModuleList) or (isinstance(child, nn.Sequential) and nested):
             stages += [(f"{name}.{n}" if isinstance(child, nn.ModuleList) else n, c)
                        for n, c in parts]
         else:
@@ -668,13 +668,13 @@ def train_models(names, args, device, precision):
 # below LEARNED% val (chance: 10%). A 'full' part is not trained at the quick budget.
 
 MARGIN, LEARNED = 1.0, 25.0
-METRICS = {  # name: (the number read from a run's result, whether lower is better)
+METRICS = {  # name: (the number read from a run's result, lower is better)
     "final training error (%)": (lambda r: 100 - r["train_accs"][-1], True),
     "best val accuracy (%)": (lambda r: r["val_acc"] or 0.0, False),
     "train - val accuracy, eval mode (points)":
         (lambda r: r["train_acc_eval"] - (r["val_acc"] or 0.0), True),
 }
-# CIFAR-10's per-channel mean and std of the training images, on the 0-1 scale
+# the per-channel mean and std of CIFAR-10's training images, 0-1 scale
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -692,8 +692,7 @@ class CudaConvnet(nn.Module):
             nn.Conv2d(32, 32, 5, padding=2), f(), nn.AvgPool2d(3, 2, ceil_mode=True),
             nn.Conv2d(32, 64, 5, padding=2), f(), nn.AvgPool2d(3, 2, ceil_mode=True),
             nn.Flatten(), nn.Linear(64 * 4 * 4, num_classes))
-        # our loaders give (x - 0.5) / 0.5 per pixel; one affine map per channel turns that
-        # into the inputs wanted: raw pixels minus the mean, or standardised per channel
+        # one affine map per channel turns our (x - 0.5) / 0.5 into the inputs wanted
         mean, std = torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD)
         scale, shift = (torch.full((3,), 127.5), 127.5 - 255 * mean) if paper else \
             (0.5 / std, (0.5 - mean) / std)
@@ -741,8 +740,8 @@ def cost_3x3_vs_5x5():
     """The arithmetic part of the 3x3 claim: weights and mult-adds of the two SmallVGGs."""
     (p3, m3), (p5, m5) = [(common.count_params(SmallVGG(k)), image_macs(SmallVGG(k)))
                           for k in (3, 5)]
-    return (f"3x3: {p3:,} params, {m3 / 1e6:.1f}M mult-adds; 5x5: {p5:,} params, "
-            f"{m5 / 1e6:.1f}M mult-adds", p3 < p5 and m3 < m5)
+    return f"3x3: {p3:,} params, {m3 / 1e6:.1f}M mult-adds; 5x5: {p5:,}, {m5 / 1e6:.1f}M", \
+        p3 < p5 and m3 < m5
 
 
 # Each (activation, setup)'s lr: the lowest training error after 3 epochs on the quick
@@ -752,12 +751,12 @@ RELU_LRS = {("relu", "paper"): 3e-3, ("tanh", "paper"): 3e-2,
 BN_LRS = (0.01, 0.1)  # the same lr for both nets, then 10x it: no warm-up, no clipping
 
 
-def relu_part(setup, text):
+def relu_part(setup, text):  # a part of the relu claim, for one setup
     return dict(name=f"ReLU ends with a lower training error than tanh ({text})",
                 metric="final training error (%)", better=f"relu_{setup}", than=f"tanh_{setup}")
 
 
-def bn_part(lr):
+def bn_part(lr):  # a part of the batchnorm claim, for one lr
     return dict(name=f"at lr {lr:g} the net with batch norm reaches a higher val accuracy",
                 metric="best val accuracy (%)", better=f"bn_lr{lr:g}", than=f"plain_lr{lr:g}",
                 learned=(f"bn_lr{lr:g}",))
@@ -775,9 +774,8 @@ CLAIMS = {
         conditions=[relu_part("modern", "the same network with Glorot/He init and "
                                         "standardised inputs")],
         budgets={"quick": (5000, 10), "full": (None, 40)},
-        changes="the init and inputs: under the paper's tiny init tanh stays nearly linear "
-                "until its weights grow; Glorot/He init makes it non-linear from the first "
-                "step (the condition beside the verdict)"),
+        changes="the init and inputs (the condition beside it): under the paper's tiny init "
+                "tanh stays nearly linear; Glorot/He init makes it non-linear from the start"),
     "degradation": dict(
         paper="He, Zhang, Ren, Sun 2016 (CVPR), Figures 1 and 6: on CIFAR-10 the 56-layer "
               "plain net has a higher training error than the 20-layer one; with shortcuts "
@@ -810,9 +808,8 @@ CLAIMS = {
         recipe=dict(schedule="none", augment=False),
         parts=[bn_part(lr) for lr in BN_LRS],
         budgets={"quick": (5000, 10), "full": (None, 30)},
-        changes="the network and the lr: the lecture's CNN (03) with and without batch norm "
-                "(Inception is too slow for a CPU); at a low lr the gap is BN's speed-up, "
-                "at 10x that lr it is whether the net trains at all"),
+        changes="the net and the lr: the lecture's CNN (03) stands in for Inception; at a low "
+                "lr the gap is BN's speed-up, at 10x that lr whether the net trains at all"),
     "aux": dict(
         paper="Szegedy et al. 2015 added auxiliary classifiers (loss weight 0.3) against "
               "vanishing gradients; Szegedy et al. 2016 (Inception-v3, section 4): with and "
@@ -824,8 +821,7 @@ CLAIMS = {
                     full="GoogLeNet trains at about 41 s per 1,000 images on 2 CPU cores; at "
                          "1,000 images and 3 epochs both nets stayed at 13-17% val")],
         budgets={"quick": (1000, 3), "full": (None, 30)},
-        changes="power: the nets must learn before a difference means anything; near the end "
-                "of a long schedule the aux net overtakes (a regulariser)"),
+        changes="power: the nets must learn first; late in a long run aux acts as a regulariser"),
     "3x3": dict(
         paper="Simonyan and Zisserman 2015 (ICLR), sections 2.3 and 4.1: two 3x3 convs see "
               "what one 5x5 sees with 18C^2 instead of 25C^2 weights and one more ReLU; net "
@@ -837,8 +833,7 @@ CLAIMS = {
                     full="at 4,000 images and 7 epochs the 5x5 net was 2.09 points ahead, "
                          "within the seed spread 2.07 + 1; such gaps need hundreds of epochs")],
         budgets={"quick": (4000, 7), "full": (None, 30)},
-        changes="the budget: a few points after hundreds of epochs are far below what a few "
-                "thousand images and epochs resolve"),
+        changes="the budget: a few points after hundreds of epochs are below what minutes resolve"),
     "regularization": dict(
         paper="Krizhevsky, Sutskever and Hinton 2012, section 4.2: 'without dropout, our "
               "network exhibits substantial overfitting'",
@@ -851,7 +846,7 @@ CLAIMS = {
                     than="no_dropout")],
         budgets={"quick": (1000, 12), "full": (5000, 60)},
         changes="the data: overfitting needs a training set the net can memorise (few images, "
-                "no augmentation); with much data the gap shrinks on its own"),
+                "no augmentation); with more data the gap shrinks on its own"),
 }
 
 
@@ -864,8 +859,8 @@ def decide(part, results, quick):
     read, lower = METRICS[part["metric"]]
     a, b = part["better"], part["than"]
     rule = (f"{a}'s mean {part['metric']} {'below' if lower else 'above'} {b}'s by more "
-            f"than the seed spread + {MARGIN:g}; no power if {', '.join(part.get('learned', (a, b)))} "
-            f"stays under {LEARNED:g}% val")
+            f"than the seed spread + {MARGIN:g}; no power if "
+            f"{' or '.join(part.get('learned', (a, b)))} stays under {LEARNED:g}% val")
     if quick and part.get("full"):
         return dict(name=part["name"], rule=rule, ours="not trained at the quick budget",
                     verdict="inconclusive", reason=f"needs --budget full: {part['full']}",
@@ -883,7 +878,7 @@ def decide(part, results, quick):
     elif abs(gain) > spread + MARGIN:
         verdict = "holds" if gain > 0 else "contradicted"
     else:
-        reason = f"within noise: the gain {gain:+.2f} does not beat spread {spread:.2f} + {MARGIN:g}"
+        reason = f"within noise: the gain {gain:+.2f} does not beat {spread:.2f} + {MARGIN:g}"
     ours = "; ".join(f"{r} {', '.join(f'{v:g}' for v in values[r])}" for r in (a, b)) + \
         f"; gain {gain:+.2f}, seed spread {spread:.2f}"
     return dict(name=part["name"], rule=rule, ours=ours, verdict=verdict, reason=reason,
@@ -904,15 +899,15 @@ def measure_claim(name, args, device, precision):
     quick = args.budget == "quick" and args.limit is None and args.epochs is None
     limit, epochs = claim["budgets"][args.budget]
     limit, epochs = args.limit or limit, args.epochs or epochs
-    budget = args.budget if args.limit is None and args.epochs is None else "set by --limit/--epochs"
+    budget = args.budget if args.limit is None and args.epochs is None else "custom"
     parts, conditions = claim["parts"], claim.get("conditions", [])
     needed = {p[k] for p in parts + conditions if "fixed" not in p and not (quick and p.get("full"))
               for k in ("better", "than")}
     seeds, results = list(range(args.seed, args.seed + args.seeds)), {}
-    partition = common.load_data(args, limit) if needed else {"kind": None}
+    partition = common.load_data(args, limit) if needed else {"kind": None}  # aux: no data
     folder = common.reserve(os.path.join(common.out_root(args.out_dir, partition),
                                          "04_case_studies", "claims", name))  # NAME.json beside
-    print(textwrap.fill(f"claim {name}: {claim['paper']}", 100))
+    print(textwrap.fill(f"claim {name}: {claim['paper']}", width=100))
     for run in (r for r in claim["runs"] if r in needed):
         build_model, lr, l2 = claim["runs"][run]
         for seed in seeds:
@@ -929,18 +924,16 @@ def measure_claim(name, args, device, precision):
             results.setdefault(run, []).append(result)
     decided = [decide(p, results, quick) for p in parts]
     beside = [decide(p, results, quick) for p in conditions]
-    verdict, minutes = claim_verdict(decided), (time.perf_counter() - started) / 60
-    kind = partition["kind"]
+    verdict, minutes, kind = claim_verdict(decided), (time.perf_counter() - started) / 60, \
+        partition["kind"]
+    wrap = functools.partial(textwrap.fill, width=100, subsequent_indent="    ")
     for label, group in (("part", decided), ("beside it, not in the verdict", beside)):
         for p in group:
-            print(textwrap.fill(f"{label}: {p['name']}", 100, subsequent_indent="    "))
-            for key in ("rule", "ours"):
-                print(textwrap.fill(p[key], 100, initial_indent=f"  {key}: ",
-                                    subsequent_indent="    "))
-            print(textwrap.fill(f"  verdict: {p['verdict']}" + (f" ({p['reason']})" if p["reason"]
-                                                                  else ""), 100,
-                                subsequent_indent="    "))
-    print(textwrap.fill(f"what changes this verdict: {claim['changes']}", 100))
+            reason = f" ({p['reason']})" if p["reason"] else ""
+            for line in (f"{label}: {p['name']}", f"  rule: {p['rule']}", f"  ours: {p['ours']}",
+                         f"  verdict: {p['verdict']}{reason}"):
+                print(wrap(line))
+    print(wrap(f"what changes this verdict: {claim['changes']}"))
     print(f"verdict: {verdict} ({minutes:.1f} min, {len(seeds)} seeds, {budget} budget: "
           f"{limit or 'all'} images per split, {common.epochs_text(epochs)})"
           f"{common.data_tag(kind)}")

@@ -32,8 +32,8 @@ SPLIT_SEED = 123  # the lecture's seed; fixes the train/val split whatever --see
 # ============================================================================ 3.3.5 Training
 
 def autocast(device, amp_dtype=None):
-    """Mixed precision in amp_dtype (torch.bfloat16 or torch.float16), or plain fp32 if None."""
-    # a disabled CPU autocast changes nothing on any device (torch < 2.5 refuses 'mps')
+    """Mixed precision in amp_dtype (torch.bfloat16 or torch.float16), or plain fp32 if None
+    (a disabled CPU autocast: it changes nothing on any device; torch < 2.5 refuses 'mps')."""
     device_type = torch.device(device).type if amp_dtype else "cpu"
     return torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
@@ -111,7 +111,7 @@ def check_settings(settings):
     """experiment's settings with the defaults filled in; one ValueError, before any step,
     for an unknown or missing key or an unknown optimizer or schedule."""
     defaults = dict(optim="SGD", momentum=0.0, l2=0.0, schedule="none", clip_grad=0.0, flip=False)
-    choices = {"optim": ("SGD", "RMSprop", "Adam"), "schedule": ("onecycle", "cosine", "none")}
+    choices = {"optim": ("SGD", "RMSprop", "Adam"), "schedule": ("onecycle", "none")}
     wrong = [f"unknown key {k!r}" for k in sorted(set(settings) - set(defaults) - {"lr", "epochs"})]
     wrong += [f"missing key {k!r}" for k in ("lr", "epochs") if k not in settings]
     settings = {**defaults, **settings}
@@ -125,14 +125,15 @@ def check_settings(settings):
 def make_optimizer(net, settings):
     """SGD (Nesterov momentum when momentum > 0), RMSprop or Adam with L2 weight decay; with
     clip_grad, the gradient norm is clipped to it before every step."""
-    params, lr, momentum, l2 = net.parameters(), settings["lr"], settings["momentum"], settings["l2"]
+    params, lr, momentum = net.parameters(), settings["lr"], settings["momentum"]
     if settings["optim"] == "SGD":
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=l2,
-                                    nesterov=momentum > 0)
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum,
+                                    weight_decay=settings["l2"], nesterov=momentum > 0)
     elif settings["optim"] == "RMSprop":
-        optimizer = torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=l2)
+        optimizer = torch.optim.RMSprop(params, lr=lr, momentum=momentum,
+                                        weight_decay=settings["l2"])
     else:
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=l2)
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=settings["l2"])
     def clip(*_):  # an optimizer pre-step hook: runs after fp16's unscaling, before the step
         nn.utils.clip_grad_norm_(net.parameters(), settings["clip_grad"])
 
@@ -142,28 +143,23 @@ def make_optimizer(net, settings):
 
 
 def make_scheduler(optimizer, settings, loader):
-    """Stepped after every batch. onecycle: warm up for 20% of the steps, then fall linearly
-    to 0; cosine: decay to 0; none: a constant lr (None)."""
-    steps = settings["epochs"] * len(loader) if settings["schedule"] != "none" else 0
-    if settings["schedule"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    if settings["schedule"] == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=settings["lr"], total_steps=steps, pct_start=0.2,
-            cycle_momentum=False, anneal_strategy="linear")
-    return None
+    """onecycle (stepped after every batch): warm up for 20% of the steps, then fall linearly
+    to 0; none: a constant lr (no scheduler)."""
+    if settings["schedule"] == "none":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings["lr"], total_steps=settings["epochs"] * len(loader),
+        pct_start=0.2, cycle_momentum=False, anneal_strategy="linear")
 
 
 def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progress=None):
     """Train for settings['epochs'] epochs (counted from 1), keep the weights of the best
     val epoch and test them once; returns the result dict (the lecture's keys and more).
-    loaders: {'train': ..., 'val': ..., 'test': ...} ('test' may be left out: no test),
-    each yielding (inputs, labels) batches as a DataLoader does. settings: lr, epochs and
-    any of check_settings' keys. result['status']: 'completed', 'diverged' (a loss NaN,
-    infinite or above 100; chance for 10 classes is ln 10 = 2.3), 'interrupted' (Ctrl-C)
-    or 'out of memory'; the finished epochs are kept in every case. progress(loader,
-    epoch), if given, wraps the training batches to show how far the run is.
-    """
+    loaders: {'train', 'val', 'test' (may be left out)}, each yielding (inputs, labels)
+    batches as a DataLoader does. settings: lr, epochs and any of check_settings' keys.
+    result['status']: 'completed', 'diverged' (a loss NaN, infinite or above 100; chance is
+    ln 10 = 2.3), 'interrupted' (Ctrl-C) or 'out of memory'; finished epochs are kept in
+    every case. progress(loader, epoch), if given, wraps the training batches."""
     settings = check_settings(settings)
     if not isinstance(loaders, dict) or not {"train", "val"} <= set(loaders) <= \
             {"train", "val", "test"}:
@@ -267,7 +263,7 @@ def imshow(img, title="", mean=0.5, std=0.5):
     return fig
 
 
-# ============================================================================ What a layer sees and costs
+# ============================================================ What a layer sees and costs
 
 def receptive_field(layers):
     """Input pixels one output pixel sees after a stack of (kernel, stride[, padding])
@@ -390,17 +386,6 @@ def get_device(name="auto"):
     return device if device.type == "cuda" else torch.device(device.type)  # mps:0 -> mps
 
 
-def channels_last_helps(device):
-    """NHWC memory layout: faster convolutions on CUDA and on CPU (oneDNN), measured."""
-    return torch.device(device).type in ("cuda", "cpu")
-
-
-def to_device(model, device):
-    """The model on the device, in channels-last layout where that is faster."""
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last_helps(device) else model
-
-
 def set_seed(seed):
     """Seed python, numpy and torch (all devices) so a run repeats."""
     random.seed(seed)
@@ -519,6 +504,17 @@ def cpu_has_bf16():
         return False
 
 
+def channels_last_helps(device):
+    """NHWC memory layout: faster convolutions on CUDA and on CPU (oneDNN), measured."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
+def to_device(model, device):
+    """The model on the device, in channels-last layout where that is faster."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last_helps(device) else model
+
+
 def synchronize(device):
     """Wait for the device's queued work, so that a timer measures it."""
     if torch.device(device).type == "cuda":
@@ -527,7 +523,7 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
-# ---------------------------------------------------------------------------- one run: train and save
+# -------------------------------------------------------------------- one run: train and save
 
 EXIT_CODES = {"completed": 0, "out of memory": 1, "diverged": 3, "interrupted": 130}
 
@@ -599,33 +595,31 @@ def print_table(rows, columns):
 
 
 class Progress:
-    """How far a run is, with the time spent and left: one line redrawn on a terminal; into
-    a file or pipe a plain line 3 s into the run, then once a minute."""
+    """How far a run is and the time left: one line redrawn on a terminal; into a file or a
+    pipe a plain line 3 s into the run, then once a minute."""
 
     def __init__(self, epochs):
-        self.epochs, self.start, self.shown = epochs, time.perf_counter(), False
+        self.epochs, self.start, self.wait = epochs, time.perf_counter(), 3
         self.tty = sys.stdout is not None and sys.stdout.isatty()
 
     def __call__(self, loader, epoch):
         last = epoch_start = time.perf_counter()
         for batch, item in enumerate(loader, 1):
             yield item
-            now = time.perf_counter()
-            wait = 0.5 if self.tty else 60 if self.shown else 3
-            if (now - last < wait and batch < len(loader)) or (batch == len(loader) and not self.tty):
+            now, n = time.perf_counter(), len(loader)
+            if (now - last < self.wait and batch < n) or (batch == n and not self.tty):
                 continue  # into a pipe, the epoch's own line follows at once
-            last, self.shown = now, True
-            done = (epoch - 1 + batch / len(loader)) / self.epochs
+            last, self.wait = now, 0.5 if self.tty else 60
+            done = (epoch - 1 + batch / n) / self.epochs
             spent, left = (datetime.timedelta(seconds=int(t)) for t in
                            (now - epoch_start, (now - self.start) * (1 - done) / done))
-            text = f"  epoch {epoch}/{self.epochs}: batch {batch}/{len(loader)}, " \
-                   f"{spent} spent, run ~{left} left"
-            print(f"\r{text:79s}" if self.tty else text, end="" if self.tty else "\n",
-                  flush=True)
+            text = f"  epoch {epoch}/{self.epochs}: batch {batch}/{n}, {spent} spent, " \
+                   f"run ~{left} left"
+            print(f"\r{text:79s}" if self.tty else text, end="" if self.tty else "\n", flush=True)
 
     def clear(self, text=None):
         """Wipe the redrawn line (then print text): experiment's log."""
-        if self.tty and self.shown:
+        if self.tty:
             print("\r" + " " * 79 + "\r", end="", flush=True)
         if text is not None:
             print(text)
@@ -651,7 +645,8 @@ def get_data(kind="auto", data_dir="./data", download=True, limit=None, log=prin
     else:
         log("DATA: SYNTHETIC patterns (--data synthetic), not CIFAR-10")
     if sets is None:  # with --limit, build only what is kept (5 x limit to split)
-        sets = make_synthetic(SPLIT_SEED, min(50000, 5 * (limit or 10000)), min(10000, limit or 10000))
+        n = limit or 10000
+        sets = make_synthetic(SPLIT_SEED, min(50000, 5 * n), min(10000, n))
     x, y = sets["train"]
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_val = len(y) // 5  # 50,000 -> 40,000 train / 10,000 val, as in the lecture
@@ -729,9 +724,10 @@ def load_image(path=None, data="auto", data_dir="./data", download=True, size=32
 
     if path is None and data != "synthetic":
         try:
-            x, y = load_cifar10(data_dir, download)["train"]
-            return x[4].permute(1, 2, 0).numpy(), f"CIFAR-10 train image 4 (label {int(y[4])}: " \
-                                                   f"automobile), as in the lecture"
+            sets = load_cifar10(data_dir, download)
+            x, y = sets["train"]
+            return x[4].permute(1, 2, 0).numpy(), (f"CIFAR-10 train image 4 (class "
+                                                   f"{sets['classes'][y[4]]}), as in the lecture")
         except DataMissing:
             if data == "cifar10":
                 raise

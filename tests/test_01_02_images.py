@@ -162,5 +162,6 @@ def test_show_without_display_says_so_and_still_saves(tmp_path):
     proc = run_script("02_padding_pooling.py", "--show", "--no-download", "--data", "synthetic",
                       "--out-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == "--show: no display here, so figures are only saved as PNG"
+    assert proc.stdout.splitlines()[0] == \
+        "--show: no display here, so figures are only saved as PNG"
     assert (tmp_path / "02_padding_pooling" / "pooling.png").stat().st_size > 0

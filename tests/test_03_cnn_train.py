@@ -68,7 +68,7 @@ def test_several_lrs_give_one_run_each_and_a_comparison(tmp_path, capsys):
                                 "--lr", "0.05", "0.01"], capsys)
     assert proc.returncode == 0, proc.stderr
     sweep = tmp_path / "synthetic" / "exp1_lr_lr"
-    assert (sweep / "lr0.05" / "result.json").exists() and (sweep / "lr0.01" / "result.json").exists()
+    assert all((sweep / f"lr{lr}" / "result.json").exists() for lr in ("0.05", "0.01"))
     assert (sweep / "lr.png").stat().st_size > 0
     # the second run starts from the same weights and data order as a run on its own
     assert cnn_train.main([*QUICK, "--out-dir", str(tmp_path / "alone"), "--lr", "0.01"]) == 0

@@ -195,7 +195,7 @@ def test_huge_lr_reports_divergence_not_crash():
 def test_test_gives_accuracy_and_confusion_counts_in_one_pass():
     preds = torch.tensor([0, 1, 1, 2, 2, 2])
     labels = torch.tensor([0, 1, 2, 2, 2, 0])
-    net = lambda x: nn.functional.one_hot(x, 3).float()  # noqa: E731  (logits = one-hot of the input)
+    net = lambda x: nn.functional.one_hot(x, 3).float()  # noqa: E731  (logits: one-hot input)
     net.eval = lambda: None
     acc, m = common.test(net, [(preds[:4], labels[:4]), (preds[4:], labels[4:])], "cpu")
     assert m.tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 2]]

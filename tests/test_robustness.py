@@ -131,7 +131,7 @@ def test_normalize_builds_no_tensor_per_batch(monkeypatch):
     assert torch.allclose(common.normalize(x), expected)
 
 
-# ----------------------------------------------------------------------------- output folders, files
+# ---------------------------------------------------------------------- output folders, files
 
 def test_bad_run_name_exits_2_before_training(tmp_path, capsys):
     proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--exp-name", "../x"],
@@ -288,7 +288,8 @@ def test_03_refuses_with_one_line(argv, message, capsys):
 def test_02_channels_too_large_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         load_script("02_padding_pooling.py").build_parser().parse_args(["--channels", "100000"])
-    assert exit_.value.code == 2 and "--channels: must be between 1 and 1024" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--channels: must be between 1 and 1024" in err
 
 
 def test_lecture_with_an_explicit_option_lets_it_win(capsys):

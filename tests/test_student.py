@@ -44,7 +44,8 @@ for bad in (dict(lr=0.01, epochs=2, optim="sgd"), dict(lr=0.01, epochs=2, shedul
 result = experiment(net, {"train": train_loader, "val": val_loader, "test": val_loader},
                     dict(lr=0.01, momentum=0.9, epochs=2, schedule="onecycle"), "cpu")
 assert len(result["val_accs"]) == 2 and result["test_acc"] is not None, result
-result = experiment(CNN(), {"train": train_loader, "val": val_loader}, dict(lr=0.01, epochs=1), "cpu")
+result = experiment(CNN(), {"train": train_loader, "val": val_loader}, dict(lr=0.01, epochs=1),
+                    "cpu")
 assert result["test_acc"] is None and result["status"] == "completed"
 for name, fig in (("loss", plot_loss_variation(result)), ("acc", plot_acc_variation(result))):
     fig.savefig(name + ".png")  # a plain savefig: nothing may stick out of the figure
@@ -205,8 +206,8 @@ def test_act_builds_the_same_cnn_with_that_activation(act, low, high):
     x = seen[0]  # what the activation made of conv1_1's output
     raw = net.conv1_1(torch.randn(1, 3, 32, 32))
     assert x.min() >= low and (high is None or x.max() <= high)
-    assert torch.allclose(cnn_train.CNN.ACTIVATIONS[act](raw), {"relu": torch.relu, "tanh": torch.tanh,
-                                                             "sigmoid": torch.sigmoid}[act](raw))
+    library = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[act]
+    assert torch.allclose(cnn_train.CNN.ACTIVATIONS[act](raw), library(raw))
     if act != "relu":
         assert x.min() < 0 or act == "sigmoid"
         assert (x > 0).float().mean() > 0.99 or act == "tanh"  # sigmoid is never 0
