@@ -935,8 +935,7 @@ def measure_claim(name, args, device, precision):
                 print(wrap(line))
     print(wrap(f"what changes this verdict: {claim['changes']}"))
     print(f"verdict: {verdict} ({minutes:.1f} min, {len(seeds)} seeds, {budget} budget: "
-          f"{limit or 'all'} images per split, {common.epochs_text(epochs)})"
-          f"{common.data_tag(kind)}")
+          f"{limit or 'all'} images, {common.epochs_text(epochs)}){common.data_tag(kind)}")
     common.save_json({"claim": name, "paper": claim["paper"], "verdict": verdict,
                       "parts": decided, "conditions": beside, "seeds": seeds,
                       "what_changes_this_verdict": claim["changes"], "minutes": round(minutes, 1),
