@@ -125,10 +125,10 @@ def compare_sweep(rows, args, out, tag):
     common.print_table(rows, [(args.sweep, "value", "s"), ("lr", "lr", "g"),
                               ("best val", "best_val", ".2f"), ("test", "test", ".2f"),
                               ("last train error", "last_train_error", ".2f"),
-                              ("epochs to train error < 25%", "epochs_to_25", "d")])
+                              ("epochs to train error < 25%", "epochs_to_25", "d")], tag)
     if args.sweep == "act":
-        print("AlexNet's claim (ReLU trains faster than tanh) on its own network, init and "
-              "inputs, with seeds: python 04_case_studies.py --claim relu")
+        print("AlexNet's claim (ReLU trains faster than tanh), on its own network and init, "
+              "with seeds:\n  python 04_case_studies.py --claim relu")
     fig = common.plot_curves(
         [("training error (%)", {r["value"]: [100 - a for a in r["result"]["train_accs"]]
                                  for r in rows}),

@@ -645,7 +645,7 @@ def train_models(names, args, device, precision):
             break
     common.print_table(rows, [("model", "model", "s"), ("test acc", "test_acc", ".2f"),
                               ("val acc", "val_acc", ".2f"), ("params", "params", ",d"),
-                              ("status", "status", "s")])
+                              ("status", "status", "s")], tag)
     common.save_json({"data": partition["kind"], "epochs": epochs, "models": rows,
                       **common.environment(device, precision)}, os.path.join(out, "results.json"))
     title = f"{common.epochs_text(epochs)}{tag}"
@@ -930,7 +930,8 @@ def measure_claim(name, args, device, precision):
     for label, group in (("part", decided), ("beside it, not in the verdict", beside)):
         for p in group:
             reason = f" ({p['reason']})" if p["reason"] else ""
-            for line in (f"{label}: {p['name']}", f"  rule: {p['rule']}", f"  ours: {p['ours']}",
+            ours = p["ours"] + common.data_tag(kind)
+            for line in (f"{label}: {p['name']}", f"  rule: {p['rule']}", f"  ours: {ours}",
                          f"  verdict: {p['verdict']}{reason}"):
                 print(wrap(line))
     print(wrap(f"what changes this verdict: {claim['changes']}"))

@@ -542,7 +542,7 @@ def train_and_save(name, build, settings, run, partition, device, out_dir, show=
     print(f"== {label}: {count_params(net):,} params, {settings.get('optim', 'SGD')} lr "
           f"{settings['lr']:g}, {epochs_text(settings['epochs'])} -> {folder}")
     progress = Progress(settings["epochs"])
-    result = experiment(net, loaders, settings, device, log=progress.clear,
+    result = experiment(net, loaders, settings, device, log=lambda line: progress.clear(line + tag),
                         amp_dtype=AMP_DTYPES[run["precision"]], progress=progress)
     record = {"settings": settings, **run, "status": result["status"],
               "data": partition["kind"], "result": result, "params": count_params(net),
@@ -583,15 +583,15 @@ def epochs_text(n):
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
-def print_table(rows, columns):
-    """rows as a table; columns: [(header, key, format spec)], None shown as '-'."""
+def print_table(rows, columns, tag=""):
+    """rows as a table, each line ending in tag; columns: [(header, key, format spec)]."""
     cells = [["-" if r.get(k) is None else format(r[k], spec) for _, k, spec in columns]
              for r in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, (h, _, _) in
               enumerate(columns)]
     print("\n" + "  ".join(f"{h:>{w}s}" for (h, _, _), w in zip(columns, widths)))
     for row in cells:
-        print("  ".join(f"{c:>{w}s}" for c, w in zip(row, widths)))
+        print("  ".join(f"{c:>{w}s}" for c, w in zip(row, widths)) + tag)
 
 
 class Progress:
