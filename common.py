@@ -189,7 +189,7 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
             if not (train_loss <= 100 and val_loss <= 100):  # NaN, inf or a blow-up
                 result["status"] = "diverged"
                 log(f"stopped: the loss is NaN, infinite or above 100; use a smaller lr "
-                    f"(e.g. {settings['lr'] / 10:g}) or warm-up")
+                    f"(e.g. {settings['lr'] / 10:g})")
                 break
             if val_acc > best_acc:
                 best_state, best_acc = {k: v.detach().clone() for k, v in
