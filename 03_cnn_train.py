@@ -75,12 +75,13 @@ def main(argv=None):
         out = common.reserve(os.path.join(out, f"{args.exp_name}_{args.sweep}"))
     rows, status = [], 0
     for name, settings, run in plan(args, precision):
-        net, result, folder, status = common.train_and_save(
+        net, result, folder, code = common.train_and_save(
             name, lambda: CNN(len(partition["classes"]), args.init, run["act"]), settings, run,
             partition, device, out, args.show)
         save_cnn_figures(net, result, folder, partition, run, args)
         rows.append(dict(run, value=str(run.get(args.sweep)), lr=settings["lr"], result=result))
-        if status in (1, 130):  # out of memory or stopped: no further run
+        status = code or status  # a diverged run is kept in the exit code
+        if code in (1, 130):  # out of memory or stopped: no further run
             break
     if args.sweep:
         compare_sweep(rows, args, out, tag)

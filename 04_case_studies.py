@@ -635,13 +635,14 @@ def train_models(names, args, device, precision):
     for name in names:
         ctor, lr, l2 = model_spec(name)
         aux = name == "googlenet" and args.aux
-        _, result, _, status = train_model(
+        _, result, _, code = train_model(
             name, functools.partial(GoogLeNet, aux=True) if aux else ctor, args.lr or lr,
             l2 if args.l2 is None else args.l2, args, device, precision, partition, out, epochs)
+        status = code or status  # a diverged model is kept in the exit code
         rows.append({"model": name, "test_acc": result["test_acc"], "val_acc": result["val_acc"],
                      "params": common.count_params(ctor()), "macs": image_macs(ctor()),
                      "status": result["status"], "val_accs": result["val_accs"]})
-        if status in (1, 130):
+        if code in (1, 130):
             break
     common.print_table(rows, [("model", "model", "s"), ("test acc", "test_acc", ".2f"),
                               ("val acc", "val_acc", ".2f"), ("params", "params", ",d"),

@@ -122,3 +122,13 @@ def test_out_of_memory_in_training_saves_the_finished_epochs_and_exits_1(tmp_pat
     assert proc.returncode == 1 and "out of memory; use a smaller batch size" in proc.stderr
     record = json.loads((tmp_path / "synthetic" / "cnn" / "result.json").read_text())
     assert record["status"] == "out of memory" and len(record["result"]["train_losses"]) == 1
+
+
+def test_a_sweep_goes_on_after_a_diverged_run_and_exits_3(tmp_path, capsys):
+    proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--lr", "1e12", "0.01"],
+                    capsys)
+    assert proc.returncode == 3, proc.stderr
+    sweep = tmp_path / "synthetic" / "cnn_lr"
+    statuses = [json.loads((sweep / f"lr{lr}" / "result.json").read_text())["status"]
+                for lr in ("1e+12", "0.01")]
+    assert statuses == ["diverged", "completed"]
