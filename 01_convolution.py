@@ -1,10 +1,8 @@
 """3.3.1-3.3.2 Convolution: from an image tensor to feature maps.
 
-    python 01_convolution.py                 # the lecture's car (or a sample photo offline)
-    python 01_convolution.py --image me.jpg  # any picture of yours
+    python 01_convolution.py [--image me.jpg]   # the lecture's car, or a picture of yours
 
-Prints what each slide states, checks every hand-written operation against numpy or
-torch; figures go to runs/01_convolution/."""
+Prints each slide's statement, checked against numpy or torch; figures: runs/01_convolution/."""
 import os
 
 import numpy as np
@@ -140,7 +138,6 @@ def main(argv=None):
 
     # 3.3.1 An image is an array of numbers --------------------------------------------
     common.section("3.3.1 The image as numbers")
-    label = source.split(",")[0]  # short form for figure titles
     print(f"image: {source}")
     print(f"as an array (H, W, C): {array.shape}, dtype {array.dtype}, "
           f"values {array.min()}..{array.max()}")
@@ -204,7 +201,14 @@ def main(argv=None):
     check("true convolution == cross-correlation with the kernel flipped",
           torch.allclose(conv2d_true(Xr, Kr), corr2d(Xr, Kr.flip(0).flip(1))))
 
-    # 3.3.2 Hand-set kernels: Sobel edge filters --------------------------------------
+    kernels_and_layers(img, array, source.split(",")[0], out, check, args.show)
+    print(f"\nfigures in {out}/; {check.failed} check(s) failed")
+    return 1 if check.failed else 0
+
+
+def kernels_and_layers(img, array, label, out, check, show):
+    """3.3.2 Hand-set kernels (Sobel), nn.Conv2d's weight, bias and feature maps, and how
+    each valid convolution shrinks the map."""
     common.section("3.3.2 Hand-set kernels: Sobel edges")
     print(f"Sobel x =\n{SOBEL_X}")
     gray = grayscale(img)                                     # (1, 32, 32)
@@ -218,7 +222,7 @@ def main(argv=None):
     path = plot_maps([gray[0], edges[0], edges[1], magnitude],
                      ["gray", "Sobel x (vertical edges)", "Sobel y (horizontal edges)",
                       "edge magnitude\n(bright frame: the zero padding)"],
-                     os.path.join(out, "sobel.png"), label, args.show)
+                     os.path.join(out, "sobel.png"), label, show)
     print(f"saved {path}")
     print("  Sobel and Haar-like kernels were designed by hand; a CNN learns its kernels "
           "from data, and its first layer often ends up with edge detectors like these")
@@ -240,9 +244,8 @@ def main(argv=None):
     path = plot_maps(list(maps[0]), [f"feature map {i}: {tuple(maps.shape[-2:])}"
                                      for i in range(3)],
                      os.path.join(out, "feature_maps.png"),
-                     f"random (untrained) Conv2d(3, 3, 3) on a {tuple(img.shape)} image: no "
-                     f"padding, "
-                     f"so 32 -> 30", args.show, cmap="viridis")
+                     f"random (untrained) Conv2d(3, 3, 3) on a {tuple(img.shape)} image: "
+                     f"no padding, so 32 -> 30", show, cmap="viridis")
     print(f"saved {path}")
 
     # 3.3.2 Valid convolutions shrink the map -----------------------------------------
@@ -256,9 +259,6 @@ def main(argv=None):
             print(f"  after conv: {tuple(y.shape)}")
     print(" -> ".join(map(str, sizes)) + "  (each 3x3 conv loses one pixel on every border)")
     check("32 -> 30 -> 28 -> 26", sizes == [32, 30, 28, 26] or array.shape[0] != 32)
-
-    print(f"\nfigures in {out}/; {check.failed} check(s) failed")
-    return 1 if check.failed else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """3.3.3-3.3.5 Padding, stride, pooling, the conv-ReLU-pool stack, receptive fields and
 the VGG rule in numbers.
 
-    python 02_padding_pooling.py                 # the lecture's car (or a sample photo offline)
-    python 02_padding_pooling.py --image me.jpg  # any picture of yours
+    python 02_padding_pooling.py [--image me.jpg]   # the lecture's car, or a picture of yours
 
 Prints what each slide states, checks each formula against real layers; figures go to
 runs/02_padding_pooling/."""
@@ -203,7 +202,13 @@ def main(argv=None):
                        f"random convs on: {label}", args.show)
     print(f"saved {path}")
 
-    # Receptive field ----------------------------------------------------------------
+    fields_and_the_vgg_rule(args.channels, check)
+    print(f"\nfigures in {out}/; {check.failed} check(s) failed")
+    return 1 if check.failed else 0
+
+
+def fields_and_the_vgg_rule(c, check):
+    """Receptive fields by formula and by gradient; 3.4.3 the VGG rule in numbers."""
     common.section("Receptive field")
     stacks = {"one 3x3": [(3, 1)], "two 3x3": [(3, 1)] * 2, "three 3x3": [(3, 1)] * 3,
               "one 5x5": [(5, 1)], "3x3, 2x2 stride-2 pool, 3x3": [(3, 1), (2, 2), (3, 1)],
@@ -215,8 +220,6 @@ def main(argv=None):
     print("  two stacked 3x3 convs see 5x5, three see 7x7; pooling multiplies what "
           "every later layer adds")
 
-    # 3.4.3 The VGG rule in numbers ---------------------------------------------------
-    c = args.channels
     common.section(f"VGG rule: two 3x3 convs vs one 5x5 (C = {c}, 32x32 map)")
     print(f"  {'':15s} {'weights':>10s} {'formula':>10s} {'mult-adds':>13s} {'formula':>13s}"
           f" {'field':>6s} {'ReLUs':>6s}")
@@ -246,9 +249,6 @@ def main(argv=None):
     check("mult-adds equal at every stage", len({r["macs"] for r in table}) == 1)
     print("  the cost per conv stays constant while activation memory halves at each "
           "stage; the weights grow 4x, which is why deep stages hold most parameters")
-
-    print(f"\nfigures in {out}/; {check.failed} check(s) failed")
-    return 1 if check.failed else 0
 
 
 if __name__ == "__main__":

@@ -673,7 +673,7 @@ def load_cifar10(data_dir, download=True):
     socket.setdefaulttimeout(30)  # an offline machine fails fast instead of hanging
     try:
         for split, is_train in (("train", True), ("test", False)):
-            ds = CIFAR10(data_dir, train=is_train, download=download)
+            ds = CIFAR10(data_dir, train=is_train, download=download and is_train)
             sets[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
                            torch.tensor(ds.targets, dtype=torch.int64))
             if not 0 <= sets[split][1].min() <= sets[split][1].max() < 10:
