@@ -205,8 +205,9 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
                 result["val_acc_no_flip"] = round(validate(
                     net, loaders["val"], criterion, device, amp_dtype)[1], 2)
     except (KeyboardInterrupt, MemoryError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and "out of memory" not in str(err):
-            raise  # a real error, not the GPU's (or MPS's) memory running out
+        if isinstance(err, RuntimeError) and not any(
+                text in str(err) for text in ("out of memory", "allocate memory")):
+            raise  # a real error, not the GPU's, MPS's or CPU allocator's memory running out
         result["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "out of memory"
         if best_state is not None:
             net.load_state_dict(best_state)
