@@ -58,8 +58,7 @@ def main(argv=None):
     args = common.Parser(description=__doc__.splitlines()[0])
     common.add_training_args(args)
     common.add_data_args(args)
-    args.add_argument("--out-dir", default="runs")
-    args.add_argument("--show", action="store_true")
+    common.add_output_args(args)
     args = args.parse_args(argv)
     device, precision = common.start(args)
     part = common.load_data(args)
@@ -75,7 +74,6 @@ def main(argv=None):
     print(f"notebook as written (fp32): {as_written:8.2f} s/epoch")
     print(f"ratio (project / notebook): {ours / theirs:.2f}x (target <= 0.75x on CPU, <= 0.2x "
           f"on a GPU); against the notebook as written: {ours / as_written:.2f}x")
-    return 0
 
 
 if __name__ == "__main__":
