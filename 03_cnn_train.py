@@ -74,12 +74,12 @@ def main(argv=None):
     if args.sweep:  # one folder for the sweep, one run inside it per value
         out = common.reserve(os.path.join(out, f"{args.exp_name}_{args.sweep}"))
     rows, status = [], 0
-    for name, settings, run in plan(args, precision):
+    for name, value, settings, run in plan(args, precision):
         net, result, folder, code = common.train_and_save(
             name, lambda: CNN(len(partition["classes"]), args.init, run["act"]), settings, run,
             partition, device, out, args.show)
         save_cnn_figures(net, result, folder, partition, run, args)
-        rows.append(dict(run, value=str(run.get(args.sweep)), lr=settings["lr"], result=result))
+        rows.append(dict(run, value=str(value), lr=settings["lr"], result=result))
         status = code or status  # a diverged run is kept in the exit code
         if code in (1, 130):  # out of memory or stopped: no further run
             break
@@ -99,7 +99,7 @@ SWEEPABLE = ("lr", "act", "optim", "l2")  # options that may take several values
 
 
 def plan(args, precision):
-    """[(run name, experiment's settings, the rest of the run)], one per value of the sweep."""
+    """[(run name, swept value, experiment's settings, the rest of the run)], one per value."""
     runs = []
     for value in getattr(args, args.sweep) if args.sweep else [None]:
         pick = {k: getattr(args, k)[0] for k in SWEEPABLE}
@@ -112,7 +112,7 @@ def plan(args, precision):
                    seed=args.seed, augment=args.augment, train_batch_size=args.train_batch_size,
                    test_batch_size=args.test_batch_size)
         name = f"{args.sweep}{value:g}" if isinstance(value, float) else str(value)
-        runs.append((name if args.sweep else args.exp_name, settings, run))
+        runs.append((name if args.sweep else args.exp_name, value, settings, run))
     return runs
 
 

@@ -67,6 +67,9 @@ def test_several_lrs_give_one_run_each_and_a_comparison(tmp_path, capsys):
     proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--exp-name", "exp1_lr",
                                 "--lr", "0.05", "0.01"], capsys)
     assert proc.returncode == 0, proc.stderr
+    rows = [line.split()[:2] for line in proc.stdout.splitlines()
+            if line.strip().startswith(("0.05 ", "0.01 "))]
+    assert rows == [["0.05", "0.05"], ["0.01", "0.01"]]  # the table names each run's value
     sweep = tmp_path / "synthetic" / "exp1_lr_lr"
     assert all((sweep / f"lr{lr}" / "result.json").exists() for lr in ("0.05", "0.01"))
     assert (sweep / "lr.png").stat().st_size > 0
