@@ -635,12 +635,12 @@ def train_models(names, args, device, precision):
     for name in names:
         ctor, lr, l2 = model_spec(name)
         aux = name == "googlenet" and args.aux
-        _, result, _, code = train_model(
+        net, result, _, code = train_model(
             name, functools.partial(GoogLeNet, aux=True) if aux else ctor, args.lr or lr,
             l2 if args.l2 is None else args.l2, args, device, precision, partition, out, epochs)
         status = code or status  # a diverged model is kept in the exit code
         rows.append({"model": name, "test_acc": result["test_acc"], "val_acc": result["val_acc"],
-                     "params": common.count_params(ctor()), "macs": image_macs(ctor()),
+                     "params": common.count_params(net), "macs": image_macs(ctor()),
                      "status": result["status"], "val_accs": result["val_accs"]})
         if code in (1, 130):
             break
