@@ -79,7 +79,7 @@ def plot_equivariance(x, k, shift, path, show):
     y = corr1d(x, k)
     xs = np.roll(x, shift)
     ys = corr1d(xs, k)
-    fig, axes = common.plt.subplots(2, 1, figsize=(7, 4.8), sharex=True)
+    fig, axes = common.subplots(2, 1, figsize=(7, 4.8), sharex=True)
     axes[0].plot(x, "o-", label="input x")
     axes[0].plot(xs, "s--", label=f"x shifted by {shift}")
     axes[0].set(title="input", ylabel="x[i]")
@@ -90,13 +90,12 @@ def plot_equivariance(x, k, shift, path, show):
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     return common.save_figure(fig, path, show)
 
 
 def plot_shift(img, moved, path, show):
     """The picture, the same picture 1 pixel to the right, and how much each input changed."""
-    fig, axes = common.plt.subplots(1, 3, figsize=(9.5, 3.3), constrained_layout=True)
+    fig, axes = common.subplots(1, 3, figsize=(9.5, 3.3))
     for ax, t, title in ((axes[0], img, "the picture"), (axes[1], moved, "moved 1 pixel right")):
         ax.imshow(common.unnormalize(t).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(title, fontsize=9)
@@ -112,8 +111,7 @@ def plot_shift(img, moved, path, show):
 def plot_maps(maps, titles, path, suptitle, show, cmap="gray"):
     """A row of 2-D maps, each with its own colour scale and a colour bar for it; the axes
     show pixel positions, so a map's size can be read off."""
-    fig, axes = common.plt.subplots(1, len(maps), figsize=(3.4 * len(maps), 3.3),
-                                    constrained_layout=True)
+    fig, axes = common.subplots(1, len(maps), figsize=(3.4 * len(maps), 3.3))
     for ax, m, t in zip(np.atleast_1d(axes), maps, titles):
         im = ax.imshow(m.detach().cpu().numpy(), cmap=cmap)
         fig.colorbar(im, ax=ax, shrink=0.8)

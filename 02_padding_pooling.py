@@ -95,7 +95,7 @@ def plot_pooling(img, path, show):
     panels = [("image 32x32", x), ("max pool 2x2: 16x16", F.max_pool2d(x, 2)),
               ("avg pool 2x2: 16x16", F.avg_pool2d(x, 2)),
               ("max pool twice: 8x8", F.max_pool2d(F.max_pool2d(x, 2), 2))]
-    fig, axes = common.plt.subplots(1, 4, figsize=(10, 2.9))
+    fig, axes = common.subplots(1, 4, figsize=(10, 2.9))
     for ax, (title, t) in zip(axes, panels):
         ax.imshow(common.unnormalize(t[0]).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(title, fontsize=9)
@@ -106,8 +106,7 @@ def plot_pooling(img, path, show):
 def plot_stages(stages, path, title, show):
     """Channels 0-3 (rows) of each stage's output (columns), one colour scale per column
     (the bar below it); a channel that ReLU zeroed entirely is labelled so."""
-    fig, axes = common.plt.subplots(4, len(stages), figsize=(2.3 * len(stages), 8.2),
-                                    constrained_layout=True)
+    fig, axes = common.subplots(4, len(stages), figsize=(2.3 * len(stages), 8.2))
     for col, (name, t) in enumerate(stages):
         lo, hi = t[:4].min().item(), t[:4].max().item()
         for row in range(4):

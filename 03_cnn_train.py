@@ -181,7 +181,7 @@ def save_cnn_figures(net, result, folder, partition, run, args):
 
 def plot_confusion(matrix, classes, title="confusion matrix (test)"):
     """Test images per (true, predicted) class; the diagonal holds the correct ones."""
-    fig, ax = common.plt.subplots(figsize=(6.5, 5.5), layout="constrained")
+    fig, ax = common.subplots(figsize=(6.5, 5.5))
     matrix = torch.as_tensor(matrix)
     im = ax.imshow(matrix.numpy(), cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -201,7 +201,7 @@ def plot_filters(weight, start, title=""):
     filter (grey = 0), then its red, green and blue weights (blue < 0 < red), and how far
     they moved from the random weights the run started from."""
     w = weight.detach().float().cpu()                                  # (16, 3, 3, 3)
-    fig, axes = common.plt.subplots(2, 2, figsize=(8, 3.6), layout="constrained")
+    fig, axes = common.subplots(2, 2, figsize=(8, 3.6))
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -334,7 +334,7 @@ def mosaic(tiles, per_row=3, gap=1, fill=float("nan")):
 def plot_top_patches(net, responses, images, title=""):
     """Per layer (row) and unit (column): the 9 val images that excite the unit most, each
     cropped to the unit's receptive field around its strongest position."""
-    fig, axes = common.plt.subplots(len(responses), 8, figsize=(13, 5.4), squeeze=False)
+    fig, axes = common.subplots(len(responses), 8, figsize=(13, 5.4), squeeze=False)
     for row, (name, units) in enumerate(responses.items()):
         layers = layer_geometry(net, name)
         field = common.receptive_field(layers)
@@ -358,7 +358,7 @@ def plot_top_patches(net, responses, images, title=""):
 def plot_features(image, maps, title=""):
     """One image, then channels 0-7 of the maps after each of the three stages, one
     colour scale per stage."""
-    fig, axes = common.plt.subplots(len(maps) + 1, 1, figsize=(9, 7.5))
+    fig, axes = common.subplots(len(maps) + 1, 1, figsize=(9, 7.5))
     axes[0].imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
     axes[0].set_title(f"input {tuple(image.shape)}", fontsize=8)
     for stage, (ax, m) in enumerate(zip(axes[1:], maps), 1):

@@ -475,7 +475,7 @@ def compare(names, device, precision="fp32", rows=None):
 
 def plot_compare(rows, title):
     """Parameters against multiply-adds, one colour per model, dot size = training speed."""
-    fig, ax = common.plt.subplots(figsize=(7.5, 5), layout="constrained")
+    fig, ax = common.subplots(figsize=(7.5, 5))
     top = max(r["train_images_per_s"] for r in rows)
     for i, r in enumerate(rows):
         x, y = r["macs"] / 1e6, r["params"] / 1e6
@@ -495,7 +495,7 @@ def plot_compare(rows, title):
 
 def plot_accuracy_vs_cost(table, title):
     """The classic chart: test accuracy of each trained model against its mult-adds."""
-    fig, ax = common.plt.subplots(figsize=(6.5, 4.5), layout="constrained")
+    fig, ax = common.subplots(figsize=(6.5, 4.5))
     for r in (r for r in table if r["test_acc"] is not None):
         ax.scatter(r["macs"] / 1e6, r["test_acc"], s=40)
         ax.annotate(r["model"], (r["macs"] / 1e6, r["test_acc"]), fontsize=8,
@@ -591,7 +591,7 @@ HUMAN_TOP5 = (5.1, "Russakovsky et al. 2015, IJCV, section 6.4 (one trained anno
 
 
 def plot_imagenet(title="ILSVRC classification: the winners' top-5 error"):
-    fig, ax = common.plt.subplots(figsize=(8.5, 4.8), layout="constrained")
+    fig, ax = common.subplots(figsize=(8.5, 4.8))
     years = [y for y, *_ in IMAGENET_TOP5]
     ax.bar(years, [e for _, _, e, _ in IMAGENET_TOP5],
            color=["#999"] * 2 + ["#3a7"] * (len(years) - 2))

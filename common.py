@@ -2,6 +2,7 @@
 sees and costs, the data batches, the device. Below the PLUMBING banner is what a command-line
 tool adds; a student need not read it. The lecture's functions paste into a notebook (README)."""
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -19,10 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import matplotlib
-
-matplotlib.use("Agg")  # save figures without a screen; --show switches back
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # figures are plt.Figure objects: no backend, no global state
 
 # The lecture's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)): pixels to [-1, 1]
 MEAN, STD = 0.5, 0.5
@@ -215,7 +213,8 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
 
 
 # ============================================================================ Plots
-# Each lays itself out and returns the figure: fig.savefig(...) or plt.show() shows all of it.
+# Each lays itself out and returns a plt.Figure that no backend holds: fig.savefig(...) saves
+# all of it, and a notebook cell that ends with the call shows it once.
 
 def plot_loss_variation(result, title="loss"):
     """The lecture's loss figure: train vs val loss per epoch."""
@@ -239,7 +238,8 @@ def plot_acc_variation(result, title="accuracy"):
 
 def plot_train_val(result, key, ylabel, title):
     """result['train_' + key] and result['val_' + key] per epoch, counted from 1."""
-    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    fig = plt.Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.subplots()
     n = len(result["train_" + key])
     ax.plot(range(1, n + 1), result["train_" + key], marker="o", ms=3,
             label="train (mean over the epoch, in train mode)")
@@ -257,7 +257,8 @@ def plot_train_val(result, key, ylabel, title):
 
 def imshow(img, title="", mean=0.5, std=0.5):
     """The lecture's imshow: a normalised (3, H, W) tensor shown as the picture it was."""
-    fig, ax = plt.subplots(figsize=(3, 3), layout="constrained")
+    fig = plt.Figure(figsize=(3, 3), layout="constrained")
+    ax = fig.subplots()
     ax.imshow((img.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
     ax.set_title(title)
     ax.axis("off")
@@ -416,39 +417,63 @@ def short_error(err):
     return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no detail'}"
 
 
+STOP_SIGNALS = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+
+
 def launch(main):
     """Every script's entry point and its one error handler: main()'s return value is the
     exit code; each fault users meet ends in one line on stderr, never a traceback."""
-    for name in ("SIGTERM", "SIGHUP"):  # `kill` and a closed terminal stop like Ctrl-C
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.default_int_handler)
-    try:
-        code = main()
-        print(end="", flush=True)  # in the try: a reader that went away is an OSError too
-    except UsageError as err:
-        code, line = 2, f"error: {err}"
-    except KeyboardInterrupt:
-        code, line = 130, "stopped (Ctrl-C or a stop signal)"
-    except OSError as err:  # a full disk, a read-only folder, a permission, a closed pipe
-        if isinstance(err, BrokenPipeError):  # the Python docs' recipe: no second error
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code, line = 1, f"error: {err.strerror or err}: {err.filename or 'output'}"
-    except (RuntimeError, MemoryError) as err:
-        if not (isinstance(err, MemoryError) or "out of memory" in str(err)
-                or "allocate memory" in str(err)):
-            raise
-        code, line = 1, "error: out of memory; use a smaller batch size or --limit"
-    else:
-        sys.exit(code)
-    print(line, file=sys.stderr)
+    with process_state_kept():
+        for sig in STOP_SIGNALS:  # `kill` and a closed terminal stop like Ctrl-C
+            signal.signal(sig, signal.default_int_handler)
+        try:
+            code = main()
+            print(end="", flush=True)  # in the try: a reader that went away is an OSError too
+        except UsageError as err:
+            code, line = 2, f"error: {err}"
+        except KeyboardInterrupt:
+            code, line = 130, "stopped (Ctrl-C or a stop signal)"
+        except OSError as err:  # a full disk, a read-only folder, a permission, a closed pipe
+            if isinstance(err, BrokenPipeError):  # the Python docs' recipe: no second error
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code, line = 1, f"error: {err.strerror or err}: {err.filename or 'output'}"
+        except (RuntimeError, MemoryError) as err:
+            if not (isinstance(err, MemoryError) or "out of memory" in str(err)
+                    or "allocate memory" in str(err)):
+                raise
+            code, line = 1, "error: out of memory; use a smaller batch size or --limit"
+        else:
+            line = None
+        if line:
+            print(line, file=sys.stderr)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def process_state_kept():
+    """Put back what a run sets for the whole process (stop signals, torch's determinism
+    flags) when it ends: a notebook, runpy or a test that runs a script keeps its own."""
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    flags = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: a handler not set from Python, left as it is
+                signal.signal(sig, handler)
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.backends.cudnn.benchmark = flags[2]
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def start(args):
     """What every script does first: figure windows, determinism, device, the output
     folder (a bad --out-dir fails here, before any work), seed. Returns (device, precision)."""
-    if args.show:
-        enable_show()
+    if args.show and not in_notebook() and plt.get_backend().lower() in ("agg", "template"):
+        print("--show: no display here, so figures are only saved as PNG")
     if getattr(args, "deterministic", False):  # same seed, same numbers on CUDA too
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
@@ -662,7 +687,7 @@ def load_cifar10(data_dir, download=True):
     it: {'train': (x, y), 'test': (x, y), 'classes'}, uint8 (N, 3, 32, 32), int64 labels.
     DataMissing when it is absent and cannot be downloaded; DataError when it is there but
     cannot be read (then --data auto does not fall back to the synthetic set)."""
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10, utils
 
     archive = os.path.join(data_dir, CIFAR10.filename)
     hint = f"put {CIFAR10.filename} from https://www.cs.toronto.edu/~kriz/cifar.html there, " \
@@ -671,8 +696,11 @@ def load_cifar10(data_dir, download=True):
     if not download and not os.path.isdir(os.path.join(data_dir, CIFAR10.base_folder)):
         raise DataMissing(f"CIFAR-10 is not in {data_dir} (--no-download); {hint}")
     created, sets = not os.path.exists(data_dir), {"kind": "cifar10"}
+    timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # an offline machine fails fast instead of hanging
-    try:
+    try:  # an archive that is there but damaged is an error, whatever the network does
+        if os.path.isfile(archive) and not utils.check_integrity(archive, CIFAR10.tgz_md5):
+            raise ValueError(f"{archive} fails its md5 check: damaged or incomplete")
         for split, is_train in (("train", True), ("test", False)):
             ds = CIFAR10(data_dir, train=is_train, download=download and is_train)
             sets[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
@@ -691,6 +719,8 @@ def load_cifar10(data_dir, download=True):
         raise DataError(f"CIFAR-10 in {data_dir} cannot be read ({detail}); delete "
                         f"{CIFAR10.base_folder} and {CIFAR10.filename} there to download it "
                         f"anew, or use --data synthetic") from None
+    finally:
+        socket.setdefaulttimeout(timeout)
     return dict(sets, classes=list(ds.classes))
 
 
@@ -886,25 +916,31 @@ def save_json(obj, path):
 
 
 def save_figure(fig, path, show=False):
-    """Save a figure as PNG (whole file or nothing), show it if asked, close it."""
-    try:
-        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
-        if show and plt.get_backend().lower() != "agg":
-            plt.show()  # blocks until the window is closed
-    finally:
-        plt.close(fig)
+    """Save a figure as PNG (whole file or nothing); a notebook also shows it inline, and
+    show=True opens it in a window (blocking until it is closed)."""
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
+    if in_notebook():
+        from IPython.display import Image, display
+        display(Image(filename=path))
+    elif show and plt.get_backend().lower() not in ("agg", "template"):
+        window = plt.figure(os.path.basename(path), figsize=fig.get_size_inches())
+        window.figimage(plt.imread(path), resize=True)
+        plt.show()
+        plt.close(window)
     return path
 
 
-def enable_show():
-    """For --show, before any figure is made: the platform's GUI backend, if it has one."""
-    try:
-        plt.switch_backend(matplotlib.rcParamsDefault["backend"])
-    except Exception:  # a GUI toolkit that cannot start: stay on files
-        plt.switch_backend("Agg")
-    if plt.get_backend().lower() in ("agg", "template"):
-        plt.switch_backend("Agg")
-        print("--show: no display here, so figures are only saved as PNG")
+def in_notebook():
+    """True inside a Jupyter or Colab kernel (its figures show inline)."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return getattr(shell, "kernel", None) is not None
+
+
+def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
+    """pyplot.subplots without pyplot: a plt.Figure that no backend holds (so a script sets no
+    backend and a notebook shows it once), laid out so that no text is cut off."""
+    fig = plt.Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def plot_curves(panels, title=""):
@@ -912,8 +948,7 @@ def plot_curves(panels, title=""):
     (ylabel, {label: values}[, epoch the rule reads]). values is one curve (a value per
     epoch) or a list of curves, one per seed, drawn as their mean and a min-max band.
     A '%' in the ylabel fixes the axis to 0-100."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4),
-                             squeeze=False, layout="constrained")
+    fig, axes = subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4), squeeze=False)
     for ax, (ylabel, curves, *read) in zip(axes[0], panels):
         longest = 1
         for i, (label, values) in enumerate(curves.items()):
