@@ -156,8 +156,8 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
     loaders: {'train', 'val', 'test' (may be left out)}, each yielding (inputs, labels)
     batches as a DataLoader does. settings: lr, epochs and any of check_settings' keys.
     result['status']: 'completed', 'diverged' (a loss NaN, infinite or above 100; chance is
-    ln 10 = 2.3), 'interrupted' (Ctrl-C) or 'out of memory'; finished epochs are kept in
-    every case. progress(loader, epoch), if given, wraps the training batches."""
+    ln 10 = 2.3), 'interrupted' (Ctrl-C), 'out of memory' or 'output error' (log() failed: a
+    closed pipe or terminal); finished epochs are kept in every case. progress(loader, epoch), if given, wraps the training batches."""
     settings = check_settings(settings)
     if not isinstance(loaders, dict) or not {"train", "val"} <= set(loaders) <= \
             {"train", "val", "test"}:
@@ -202,11 +202,12 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
             if flip:  # what the mirror images added, on the same weights
                 result["val_acc_no_flip"] = round(validate(
                     net, loaders["val"], criterion, device, amp_dtype)[1], 2)
-    except (KeyboardInterrupt, MemoryError, RuntimeError) as err:
+    except (KeyboardInterrupt, MemoryError, RuntimeError, OSError) as err:
         if isinstance(err, RuntimeError) and not any(
                 text in str(err) for text in ("out of memory", "allocate memory")):
             raise  # a real error, not the GPU's, MPS's or CPU allocator's memory running out
-        result["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "out of memory"
+        result["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else \
+            "output error" if isinstance(err, OSError) else "out of memory"
         if best_state is not None:
             net.load_state_dict(best_state)
     return result
@@ -551,7 +552,8 @@ def synchronize(device):
 
 # -------------------------------------------------------------------- one run: train and save
 
-EXIT_CODES = {"completed": 0, "out of memory": 1, "diverged": 3, "interrupted": 130}
+EXIT_CODES = {"completed": 0, "out of memory": 1, "output error": 1, "diverged": 3,
+              "interrupted": 130}
 
 
 def train_and_save(name, build, settings, run, partition, device, out_dir, show=False):
@@ -585,9 +587,11 @@ def train_and_save(name, build, settings, run, partition, device, out_dir, show=
     code = EXIT_CODES[result["status"]]
     if code:
         print(f"error: {label}: " + {
-            1: "out of memory; use a smaller batch size (the finished epochs are saved)",
-            3: f"diverged; try a smaller learning rate (e.g. --lr {settings['lr'] / 10:g})",
-            130: "stopped; the finished epochs are saved"}[code], file=sys.stderr)
+            "out of memory": "out of memory; use a smaller batch size (finished epochs saved)",
+            "output error": "the output could not be written (finished epochs saved)",
+            "diverged": f"diverged; try a smaller learning rate (e.g. --lr {settings['lr'] / 10:g})",
+            "interrupted": "stopped; the finished epochs are saved"}[result["status"]],
+            file=sys.stderr)
     return net, result, folder, code
 
 
@@ -889,11 +893,15 @@ def reserve(path):
 
 
 def write_atomic(path, write, mode="w"):
-    """Write through path + '.tmp', then rename: the file is there whole or not at all."""
+    """Write through path + '.tmp', then rename: the file is there whole or not at all. An
+    OSError names the file (a failed write() alone does not: a full disk)."""
     try:
         with open(path + ".tmp", mode) as f:
             write(f)
         os.replace(path + ".tmp", path)
+    except OSError as err:
+        err.filename = err.filename or path
+        raise
     finally:
         if os.path.exists(path + ".tmp"):
             os.remove(path + ".tmp")

@@ -60,6 +60,23 @@ def test_auto_never_hides_a_damaged_data_set(tiny_cifar, damage):
     assert "--data synthetic" in message and tiny_cifar[0] in message
 
 
+@pytest.mark.parametrize("script", ["01_convolution.py", "03_cnn_train.py"])
+def test_a_damaged_archive_offline_is_a_data_error_not_a_synthetic_run(script, tmp_path,
+                                                                       monkeypatch, capsys):
+    import urllib.request
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"\x1f\x8b not the real archive")  # its md5 check fails
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(
+        urllib.error.URLError("network refused")))
+    short = ["--limit", "64", "--epochs", "1"] if script.startswith("03") else []
+    proc = run_main(load_script(script), ["--data", "auto", "--data-dir", str(tmp_path),
+                                          "--out-dir", str(tmp_path / "out"), *short], capsys)
+    assert proc.returncode == 2 and "SYNTHETIC" not in proc.stdout
+    assert proc.stderr.count("\n") == 1 and f"{archive} fails its md5 check" in proc.stderr
+    assert archive.exists() and not (tmp_path / "out" / "synthetic").exists()
+
+
 def test_truncated_archive_is_a_data_error(tiny_cifar):
     root = tiny_cifar[0]
     archive = os.path.join(root, "cifar-10-python.tar.gz")
@@ -151,18 +168,22 @@ def test_out_dir_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys):
         assert "Epoch" not in proc.stdout and "===" not in proc.stdout
 
 
-def test_full_disk_while_saving_keeps_result_json_and_says_so(tmp_path, monkeypatch, capsys):
-    def no_space(fig, path, show=False):
-        common.plt.close(fig)
-        raise OSError(errno.ENOSPC, "No space left on device", path)
+def test_full_disk_while_saving_keeps_result_json_and_names_the_file(tmp_path, monkeypatch,
+                                                                    capsys):
+    def no_space(*args, **kwargs):  # as a failed write() raises it: no filename
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(common, "save_figure", no_space)
+    monkeypatch.setattr(common.plt.Figure, "savefig", no_space)
     proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path)], capsys)
     assert proc.returncode == 1
     folder = tmp_path / "synthetic" / "cnn"
     assert proc.stderr.strip() == f"error: No space left on device: {folder / 'loss.png'}"
     assert json.loads((folder / "result.json").read_text())["status"] == "completed"
     assert not list(folder.glob("*.tmp"))
+    monkeypatch.setattr(common.json, "dump", no_space)
+    proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path)], capsys)
+    assert proc.stderr.strip() == \
+        f"error: No space left on device: {folder}-2{os.sep}result.json"
 
 
 def test_reserve_never_shares_a_folder(tmp_path):
@@ -240,24 +261,28 @@ def test_ctrl_c_sigterm_and_sighup_save_the_finished_epochs_and_exit_130(tmp_pat
         assert len(record["result"]["train_losses"]) >= 2  # no finished epoch is lost
 
 
-def test_a_reader_that_goes_away_is_one_line_and_a_closed_stdout_runs_silently(tmp_path):
-    """`| head -1`: one line and exit 1 (a closed pipe is an OSError like any other); stdout
-    closed from the start (`>&-`): the run goes on and saves. Both at once, in one --out-dir:
-    each gets its own folder."""
-    piped = _start(tmp_path, "--epochs", "2")
+def test_a_reader_that_goes_away_keeps_the_finished_epochs_and_a_closed_stdout_runs(tmp_path):
+    """`| head -4` after the first epoch: one line, exit 1, the finished epochs saved with the
+    reason (a closed pipe is an OSError like any other); stdout closed from the start (`>&-`):
+    the run goes on and saves. Both at once, in one --out-dir: each gets its own folder."""
+    piped = _start(tmp_path, "--epochs", "50")
     closed = _start(tmp_path, "--epochs", "2", stdout=None, preexec_fn=lambda: os.close(1))
-    piped.stdout.readline()  # like `| head -1`
+    for line in piped.stdout:
+        if line.startswith("Epoch 1,"):
+            break
     piped.stdout.close()
     errors = [p.stderr.read() for p in (piped, closed)]
     assert [p.wait(timeout=900) for p in (piped, closed)] == [1, 0], errors
     assert errors[0].strip() == "error: Broken pipe: output" and errors[1] == ""
     umask = os.umask(0)
     os.umask(umask)
-    saved = list((tmp_path / "synthetic").glob("cnn*/result.json"))
-    record = json.loads(saved[0].read_text())
-    assert len(saved) == 1 and record["status"] == "completed"
-    assert len(record["result"]["val_accs"]) == 2
-    assert os.stat(saved[0]).st_mode & 0o777 == 0o666 & ~umask  # the usual permissions
+    saved = {json.loads(p.read_text())["status"]: (p, json.loads(p.read_text()))
+             for p in (tmp_path / "synthetic").glob("cnn*/result.json")}
+    assert sorted(saved) == ["completed", "output error"]
+    assert len(saved["completed"][1]["result"]["val_accs"]) == 2
+    assert 1 <= len(saved["output error"][1]["result"]["val_accs"]) < 50
+    path = saved["completed"][0]
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # the usual permissions
 
 
 # ----------------------------------------------------------------------------- bad input
