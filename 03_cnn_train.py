@@ -4,10 +4,12 @@
     python 03_cnn_train.py --epochs 10          # a shorter run
     python 03_cnn_train.py --lr 0.1 0.03 0.01   # the lecture's exp1_lr: one run per lr
     python 03_cnn_train.py --act relu tanh      # one run per activation, compared
+    python 03_cnn_train.py --predict cat.jpg    # the newest trained CNN on your own picture
 
 Everything a run makes goes to a new folder runs/<exp-name>/ (see README).
 """
 import argparse
+import glob
 import os
 
 import torch
@@ -65,6 +67,8 @@ class CNN(nn.Module):
 # 3.3.5 The lecture's flow: data, model, train with validation, test once, save the curves
 def main(argv=None):
     args = parse_args(argv)
+    if args.predict is not None:
+        return predict(args)
     device, precision = common.start(args)
     partition = common.load_data(args)
     out, tag = common.out_root(args.out_dir, partition), common.data_tag(partition["kind"])
@@ -128,8 +132,8 @@ def compare_sweep(rows, args, out, tag):
                               ("last train error", "last_train_error", ".2f"),
                               ("epochs to train error < 25%", "epochs_to_25", "d")], tag)
     if args.sweep == "act":
-        print("AlexNet's claim (ReLU trains faster than tanh), on its own network and init, "
-              "with seeds:\n  python 04_case_studies.py --claim relu")
+        print("Under this CNN's Glorot/He init tanh is not slow; AlexNet's 6x faster ReLU is "
+              "about its tiny init:\n  python 04_case_studies.py --claim relu shows both")
     fig = common.plot_curves(
         [("training error (%)", {r["value"]: [100 - a for a in r["result"]["train_accs"]]
                                  for r in rows}),
@@ -150,9 +154,14 @@ SEEN_LAYERS = ("conv1_2", "conv2_2", "conv3_2")  # the last conv of each stage
 
 
 def save_cnn_figures(net, result, folder, partition, run, args):
-    """A run's own figures beside its curves: confusion.png, filters.png, features.png,
-    top_patches.png, and model.pt with --save-model."""
+    """A run's own files beside its curves: model.pt, confusion.png, mistakes.png,
+    filters.png, features.png, top_patches.png."""
     tag, name = common.data_tag(partition["kind"]), os.path.basename(folder)
+    state = {k: v.cpu().contiguous() for k, v in net.state_dict().items()}  # loads anywhere
+    common.write_atomic(os.path.join(folder, "model.pt"), lambda f: torch.save(dict(
+        state_dict=state, act=run["act"], init=run["init"], num_classes=len(partition["classes"]),
+        classes=partition["classes"], data=partition["kind"], mean=common.MEAN, std=common.STD,
+        test_acc=result["test_acc"], flip=args.flip), f), mode="wb")
     if result["test_confusion"] is not None:
         common.save_figure(plot_confusion(result["test_confusion"], partition["classes"],
                                           f"{name}: confusion matrix (test){tag}"),
@@ -164,6 +173,12 @@ def save_cnn_figures(net, result, folder, partition, run, args):
                        os.path.join(folder, "filters.png"), args.show)
     if result["train_losses"] and all(torch.isfinite(p).all() for p in net.parameters()):
         dtype = common.AMP_DTYPES[run["precision"]]
+        x, y = partition["test"]
+        found, wrong = top_mistakes(net, x, y, args.flip, dtype)
+        common.save_figure(plot_mistakes(x, y, found, partition["classes"], f"{name}: the "
+                                         f"{len(found)} test images it got wrong most surely "
+                                         f"({wrong} of {len(y)} wrong){tag}"),
+                           os.path.join(folder, "mistakes.png"), args.show)
         x_test = partition["test"][0][0]
         maps = stage_maps(net, common.normalize(x_test[None])[0], dtype)
         common.save_figure(plot_features(x_test, maps, f"{name}: test image 0 through the "
@@ -173,10 +188,7 @@ def save_cnn_figures(net, result, folder, partition, run, args):
         responses = strongest_responses(net, val, amp_dtype=dtype)
         common.save_figure(plot_top_patches(net, responses, partition["val"][0], name + tag),
                            os.path.join(folder, "top_patches.png"), args.show)
-    if args.save_model:
-        state = {k: v.cpu() for k, v in net.state_dict().items()}  # loads on any machine
-        torch.save({"state_dict": state, "act": run["act"]}, os.path.join(folder, "model.pt"))
-    print(f"figures: {folder}/")
+    print(f"model and figures: {folder}/")
 
 
 def plot_confusion(matrix, classes, title="confusion matrix (test)"):
@@ -193,6 +205,37 @@ def plot_confusion(matrix, classes, title="confusion matrix (test)"):
                 color="white" if value > matrix.max().item() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="test images")
+    return fig
+
+
+@torch.no_grad()
+def top_mistakes(net, images, labels, flip=False, amp_dtype=None, k=16):
+    """The k wrongly classified images with the highest softmax probability, as (index,
+    predicted class, probability), and how many images were wrong in all."""
+    device = next(net.parameters()).device
+    net.eval()
+    probs = []
+    for x, _ in common.DeviceLoader(images, labels, 500, device):
+        with common.autocast(device, amp_dtype):
+            logits = net(x)
+            if flip:  # as test() measures: the logits of the image and its mirror, averaged
+                logits = (logits + net(x.flip(3))) / 2
+        probs.append(logits.float().softmax(1).cpu())
+    confidence, predicted = torch.cat(probs).max(1)
+    wrong = (predicted != labels).nonzero().flatten()
+    top = wrong[confidence[wrong].argsort(descending=True)[:k]]
+    return [(int(i), int(predicted[i]), float(confidence[i])) for i in top], len(wrong)
+
+
+def plot_mistakes(images, labels, found, classes, title=""):
+    """Each mistake: the image, its true class, the predicted class and the probability."""
+    fig, axes = common.subplots(2, 8, figsize=(12, 4), squeeze=False)
+    for ax, (i, predicted, p) in zip(axes.flat, found):
+        ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(f"true {classes[labels[i]]}\nsaid {classes[predicted]} {p:.0%}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -374,6 +417,60 @@ def plot_features(image, maps, title=""):
     return fig
 
 
+# ----------------------------------------------------------------------------- your own picture
+
+def predict(args):
+    """--predict: the trained CNN of a run (the newest under --out-dir, or --run) on pictures
+    prepared as 01 prepares --image; prints the top 3 classes, saves predict_<name>.png."""
+    runs = glob.glob(os.path.join(glob.escape(args.out_dir), "**", "model.pt"), recursive=True)
+    if not (args.run or runs):
+        raise common.UsageError(f"no trained model under {args.out_dir}/: train one first "
+                                f"(python 03_cnn_train.py --epochs 10), or give --run FOLDER")
+    folder = args.run or os.path.dirname(max(runs, key=os.path.getmtime))
+    path = os.path.join(folder, "model.pt")
+    if not os.path.isfile(path):
+        raise common.UsageError(f"--run {folder}: no model.pt there; give a folder of a "
+                                f"03_cnn_train.py run")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    net = CNN(saved["num_classes"], "pytorch", saved["act"])
+    net.load_state_dict(saved["state_dict"])
+    tag, classes = common.data_tag(saved["data"]), saved["classes"]
+    print(f"model: {path} (trained on {saved['data']}, test acc {saved['test_acc']}%){tag}")
+    if saved["data"] == "synthetic":
+        print("[SYNTHETIC DATA] this net learned 10 random patterns, not CIFAR-10: it has "
+              "never seen a car, a cat or a person")
+    for picture in args.predict or [None]:
+        array, source = common.load_image(picture, args.data, args.data_dir, not args.no_download)
+        photo = common.load_image(picture, args.data, args.data_dir, not args.no_download, 256)[0]
+        with torch.no_grad():
+            probs = net.eval()(common.to_tensor(array)[None]).softmax(1)[0]
+        top = ", ".join(f"{classes[i]} {100 * p:.1f}%" for p, i in zip(*probs.topk(3)))
+        print(f"{source}: {top}{tag}")
+        print(f"  the net knows only these {len(classes)} classes, so any picture gets one; "
+              f"the % is its confidence, not a measured chance of being right")
+        name = os.path.splitext(os.path.basename(picture))[0] if picture else "default"
+        common.save_figure(plot_prediction(photo, array, probs, classes, f"{source}{tag}"),
+                           os.path.join(folder, f"predict_{name}.png"), args.show)
+    print(f"saved in {folder}/")
+    return 0
+
+
+def plot_prediction(photo, array, probs, classes, title=""):
+    """The picture, the 32x32 image the net sees, the softmax probability of every class."""
+    fig, axes = common.subplots(1, 3, figsize=(11, 3.6), width_ratios=(1, 1, 1.4))
+    for ax, image, text in ((axes[0], photo, "the picture, cropped square"),
+                            (axes[1], array, f"what the net sees: {array.shape[0]}x"
+                                             f"{array.shape[1]}")):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(text, fontsize=9)
+        ax.axis("off")
+    axes[2].barh(classes, 100 * probs.numpy())
+    axes[2].invert_yaxis()
+    axes[2].set(xlim=(0, 100), xlabel="softmax probability (%): the net's confidence")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 # ----------------------------------------------------------------------------- command line
 
 def build_parser():
@@ -411,8 +508,10 @@ def build_parser():
                         "give wins. Expect chance (10%%) in the first epochs")
     common.add_data_args(p)
     out = common.add_output_args(p, default_name="cnn")
-    out.add_argument("--save-model", action="store_true",
-                     help="also save model.pt (state_dict and activation)")
+    out.add_argument("--predict", nargs="*", metavar="PICTURE",
+                     help="train nothing: the newest run's CNN (or --run's) on these pictures "
+                          "(none: the lecture's car)")
+    out.add_argument("--run", metavar="FOLDER", help="--predict: the run folder to load")
     return p
 
 

@@ -230,6 +230,7 @@ class BasicBlock(nn.Module):
         if self.stride > 1:
             x = x[:, :, ::self.stride, ::self.stride]                     # (B, c_in, H/2, W/2)
         if self.pad:
+            # F.pad lists the last dimension first: (W left, right, H top, bottom, C front, back)
             x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))  # zero channels
         return x
 

@@ -132,6 +132,7 @@ def make_optimizer(net, settings):
                                         weight_decay=settings["l2"])
     else:
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=settings["l2"])
+
     def clip(*_):  # an optimizer pre-step hook: runs after fp16's unscaling, before the step
         nn.utils.clip_grad_norm_(net.parameters(), settings["clip_grad"])
 
@@ -625,8 +626,8 @@ def print_table(rows, columns, tag=""):
 
 
 class Progress:
-    """How far a run is and the time left: one line redrawn on a terminal; into a file or a
-    pipe a plain line 3 s into the run, then once a minute."""
+    """How far a run is and the time left: one line redrawn on a terminal; into a file, a pipe
+    or a notebook a plain line 3 s into the run, then once a minute."""
 
     def __init__(self, epochs):
         self.epochs, self.start, self.wait = epochs, time.perf_counter(), 3
@@ -634,17 +635,18 @@ class Progress:
 
     def __call__(self, loader, epoch):
         last = epoch_start = time.perf_counter()
+        per_epoch = (epoch_start - self.start) / (epoch - 1) if epoch > 1 else None  # val too
         for batch, item in enumerate(loader, 1):
             yield item
             now, n = time.perf_counter(), len(loader)
             if (now - last < self.wait and batch < n) or (batch == n and not self.tty):
                 continue  # into a pipe, the epoch's own line follows at once
             last, self.wait = now, 0.5 if self.tty else 60
-            done = (epoch - 1 + batch / n) / self.epochs
-            spent, left = (datetime.timedelta(seconds=int(t)) for t in
-                           (now - epoch_start, (now - self.start) * (1 - done) / done))
-            text = f"  epoch {epoch}/{self.epochs}: batch {batch}/{n}, {spent} spent, " \
-                   f"run ~{left} left"
+            left = "time left: known after epoch 1" if per_epoch is None else "run ~%s left" % \
+                datetime.timedelta(seconds=int(max(0, per_epoch * (self.epochs - epoch + 1)
+                                                   - (now - epoch_start))))
+            text = f"  epoch {epoch}/{self.epochs}: batch {batch}/{n}, " \
+                   f"{datetime.timedelta(seconds=int(now - epoch_start))} spent, {left}"
             print(f"\r{text:79s}" if self.tty else text, end="" if self.tty else "\n", flush=True)
 
     def clear(self, text=None):
@@ -774,7 +776,7 @@ def load_image(path=None, data="auto", data_dir="./data", download=True, size=32
             im = im.convert("RGB").crop((left, top, left + side, top + side))
             array = np.asarray(im.resize((size, size), Image.BICUBIC), dtype=np.uint8).copy()
     except Exception as err:  # not there, not a picture, too many pixels
-        raise DataError(f"cannot read --image {path}: {short_error(err)}; give a PNG or "
+        raise DataError(f"cannot read the picture {path}: {short_error(err)}; give a PNG or "
                         f"JPEG file") from None
     source = f"your image {path}" if path else f"matplotlib's sample photo grace_hopper.jpg ({why})"
     return array, f"{source}, resized to {size}x{size}"
@@ -796,7 +798,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with defaults in --help, and a mistyped option as one line, not the usage."""
 
     def __init__(self, **kwargs):
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         allow_abbrev=False, **kwargs)  # --epoch is a typo, not --epochs
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -155,7 +155,7 @@ def test_missing_image_exits_2(script, tmp_path, capsys):
                                           str(tmp_path)], capsys)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith("error: cannot read --image")
+    assert proc.stderr.strip().startswith("error: cannot read the picture")
 
 
 def test_show_without_display_says_so_and_still_saves(tmp_path):

@@ -28,7 +28,7 @@ def test_help_lists_every_option_with_defaults(capsys):
     for option in ("--exp-name", "--optim", "--momentum", "--lr", "--l2", "--epochs",
                    "--train-batch-size", "--test-batch-size", "--seed", "--device", "--data",
                    "--data-dir", "--no-download", "--out-dir", "--augment", "--schedule",
-                   "--save-model", "--show", "--lecture"):
+                   "--predict", "--run", "--show", "--lecture"):
         assert option in text
     assert "training epochs (default: 40)" in text
     assert "images per training step (default: 128)" in text
@@ -42,13 +42,13 @@ def test_lecture_flag_restores_the_notebook_settings():
 
 
 def test_run_writes_every_output(tmp_path):
-    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path), "--save-model")
+    proc = run_script("03_cnn_train.py", *QUICK, "--out-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("DATA: SYNTHETIC")
     assert "Epoch 1, Acc(train/val):" in proc.stdout
     folder = tmp_path / "synthetic" / "cnn"
     for name in ("loss.png", "accuracy.png", "confusion.png", "filters.png", "result.json",
-                 "model.pt"):
+                 "model.pt", "mistakes.png"):
         assert (folder / name).stat().st_size > 0, name
     record = json.loads((folder / "result.json").read_text())
     assert record["data"] == "synthetic" and record["status"] == "completed"
@@ -58,8 +58,9 @@ def test_run_writes_every_output(tmp_path):
         assert key in record["result"]
     assert len(record["result"]["val_accs"]) == 1
     import torch
-    saved = torch.load(folder / "model.pt")
+    saved = torch.load(folder / "model.pt", weights_only=True)
     cnn_train.CNN(act=saved["act"]).load_state_dict(saved["state_dict"])
+    assert 250_000 < (folder / "model.pt").stat().st_size < 400_000  # 82,330 float32 weights
     assert not list(folder.glob("*.tmp"))
 
 

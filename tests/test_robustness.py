@@ -104,7 +104,7 @@ def test_a_picture_that_cannot_be_read_is_one_line(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (200, 200)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a decompression bomb
-    with pytest.raises(common.DataError, match="cannot read --image"):
+    with pytest.raises(common.DataError, match="cannot read the picture"):
         common.load_image(str(path))
 
 

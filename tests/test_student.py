@@ -1,4 +1,5 @@
 """What a first-time student meets: pasteable lecture functions, progress, help, figures."""
+import datetime
 import inspect
 import io
 import json
@@ -160,7 +161,13 @@ def test_progress_into_a_file_prints_few_plain_lines(monkeypatch):
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and 2 <= len(lines) <= 4
     assert lines[0].startswith("  epoch 1/40: batch 6/300")  # 3 s into the run
-    assert "run ~" in lines[0]
+    assert lines[0].endswith("time left: known after epoch 1")  # no guess from warm-up
+    clock.now += 30  # epoch 1's validation: 180 s an epoch in all
+    for _ in progress(list(range(300)), 2):
+        clock.now += 0.5
+    first = out.getvalue().splitlines()[len(lines)]
+    assert first.startswith("  epoch 2/40: batch 1/300, 0:00:00 spent")
+    assert first.endswith(f"run ~{datetime.timedelta(seconds=180 * 39)} left")
 
 
 def test_help_shows_every_default(capsys):
@@ -274,7 +281,7 @@ def test_receptive_box_is_exactly_the_pixels_with_gradient(layer, field, where):
 
 
 def test_a_run_saves_the_layer_figures_and_the_filters_movement(tmp_path, capsys):
-    proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--save-model"], capsys)
+    proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path)], capsys)
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "synthetic" / "cnn"
     for name in ("features.png", "top_patches.png", "filters.png", "model.pt"):

@@ -1,0 +1,86 @@
+"""03 --predict: the trained CNN on a picture of your own, and its most confident mistakes."""
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import common
+from conftest import load_script, run_main
+
+cnn_train = load_script("03_cnn_train.py")
+QUICK = ["--data", "synthetic", "--epochs", "1", "--limit", "256", "--no-download"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 1-epoch synthetic run: its folder and its result."""
+    out = tmp_path_factory.mktemp("runs")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cnn_train.main([*QUICK, "--out-dir", str(out)]) == 0
+    return out, out / "synthetic" / "cnn"
+
+
+def test_predict_prints_the_top_3_of_probabilities_that_sum_to_100(trained, tmp_path,
+                                                                   monkeypatch, capsys):
+    from PIL import Image
+
+    out, folder = trained
+    picture = tmp_path / "my_photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(picture)
+    seen, shown, real = [], [], cnn_train.CNN.forward
+    monkeypatch.setattr(cnn_train.CNN, "forward", lambda self, x: seen.append(x) or real(self, x))
+    monkeypatch.setattr(cnn_train, "plot_prediction", lambda *a: shown.append(a) or
+                        common.plt.Figure())
+    proc = run_main(cnn_train, ["--predict", str(picture), "--out-dir", str(out)], capsys)
+    assert proc.returncode == 0, proc.stderr
+    probs, classes = shown[0][2], shown[0][3]
+    assert len(probs) == 10 and abs(100 * probs.sum().item() - 100) < 0.1
+    line = next(l for l in proc.stdout.splitlines() if l.startswith(f"your image {picture}"))
+    top = probs.topk(3)
+    assert line.endswith(", ".join(f"{classes[i]} {100 * p:.1f}%" for p, i in zip(*top)) +
+                         " [SYNTHETIC DATA]")
+    assert "[SYNTHETIC DATA] this net learned 10 random patterns" in proc.stdout
+    assert "not a measured chance of being right" in proc.stdout
+    array, _ = common.load_image(str(picture))
+    assert torch.equal(seen[0][0], common.to_tensor(array))  # exactly what 01 would feed
+    assert (folder / "predict_my_photo.png").exists()
+
+
+def test_model_pt_loads_with_weights_only_and_reproduces_the_test_accuracy(trained):
+    _, folder = trained
+    saved = torch.load(folder / "model.pt", weights_only=True)
+    assert saved["data"] == "synthetic" and len(saved["classes"]) == saved["num_classes"] == 10
+    assert (saved["act"], saved["mean"], saved["std"]) == ("relu", 0.5, 0.5)
+    net = cnn_train.CNN(saved["num_classes"], act=saved["act"])
+    net.load_state_dict(saved["state_dict"])
+    part = common.get_data("synthetic", limit=256, log=lambda *_: None)
+    test = common.DeviceLoader(*part["test"], 500, "cpu")
+    acc, _ = common.test(net, test, "cpu", flip=saved["flip"])
+    assert round(acc, 2) == saved["test_acc"]
+    found, wrong = cnn_train.top_mistakes(net, *part["test"], flip=saved["flip"])
+    with torch.no_grad():
+        x = common.normalize(part["test"][0])
+        probs = ((net.eval()(x) + net(x.flip(3))) / 2).softmax(1)
+    confidence, predicted = probs.max(1)
+    labels = part["test"][1]
+    assert wrong == int((predicted != labels).sum()) == round(256 * (100 - acc) / 100)
+    assert [i for i, *_ in found] == sorted(
+        (predicted != labels).nonzero().flatten().tolist(), key=lambda i: -confidence[i])[:16]
+    assert all(predicted[i] == p and abs(confidence[i] - c) < 1e-5 for i, p, c in found)
+
+
+@pytest.mark.parametrize("case", ["no run", "no model", "bad picture"])
+def test_predict_without_a_model_or_with_a_bad_picture_is_one_line(case, trained, tmp_path,
+                                                                   capsys):
+    out, folder = trained
+    argv = {"no run": ["--predict", "--out-dir", str(tmp_path)],
+            "no model": ["--predict", "--run", str(tmp_path)],
+            "bad picture": ["--predict", str(tmp_path / "nope.jpg"), "--run", str(folder)]}[case]
+    proc = run_main(cnn_train, argv, capsys)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert {"no run": "no trained model under", "no model": "no model.pt there",
+            "bad picture": "cannot read the picture"}[case] in proc.stderr
