@@ -85,7 +85,7 @@ def plot_equivariance(x, k, shift, path, show):
     axes[0].set(title="input", ylabel="x[i]")
     axes[1].plot(y, "o-", label="corr(x, k)")
     axes[1].plot(ys, "s--", label="corr(shifted x, k)")
-    axes[1].set(title=f"output with kernel k = {k.astype(int).tolist()}: shifted by the same "
+    axes[1].set(title=f"output with kernel k = {k.astype(int).tolist()}:\nshifted by the same "
                       f"{shift} (translation equivariance)", ylabel="y[i]", xlabel="position i")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -95,14 +95,14 @@ def plot_equivariance(x, k, shift, path, show):
 
 def plot_shift(img, moved, path, show):
     """The picture, the same picture 1 pixel to the right, and how much each input changed."""
-    fig, axes = common.subplots(1, 3, figsize=(9.5, 3.3))
+    fig, axes = common.subplots(1, 3, figsize=(9.5, 3.6))
     for ax, t, title in ((axes[0], img, "the picture"), (axes[1], moved, "moved 1 pixel right")):
         ax.imshow(common.unnormalize(t).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     im = axes[2].imshow((moved - img).abs().amax(0).numpy(), cmap="magma",
                         interpolation="nearest")
-    axes[2].set_title("|change| of each input value\n(what an MLP sees differ)", fontsize=9)
+    axes[2].set_title("|change| of each input value:\nto an MLP, a new picture", fontsize=9)
     axes[2].axis("off")
     fig.colorbar(im, ax=axes[2], shrink=0.8, label="change (-1..1 scale)")
     return common.save_figure(fig, path, show)

@@ -91,15 +91,19 @@ def conv_relu_pool_stages(img, seed=0):
 
 
 def plot_pooling(img, path, show):
-    x = img.unsqueeze(0)
-    panels = [("image 32x32", x), ("max pool 2x2: 16x16", F.max_pool2d(x, 2)),
-              ("avg pool 2x2: 16x16", F.avg_pool2d(x, 2)),
-              ("max pool twice: 8x8", F.max_pool2d(F.max_pool2d(x, 2), 2))]
-    fig, axes = common.subplots(1, 4, figsize=(10, 2.9))
-    for ax, (title, t) in zip(axes, panels):
-        ax.imshow(common.unnormalize(t[0]).permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
+    """Pooling on the picture and on 1-pixel lines, where max and average differ most: max
+    keeps a thin line at full strength, the average of its 2x2 window turns it grey."""
+    lines = torch.full((1, 3, 32, 32), -1.0)                # black, on the [-1, 1] scale
+    lines[..., 5::8, :], lines[..., :, 2::8] = 1.0, 1.0     # white lines, 1 pixel wide
+    fig, axes = common.subplots(2, 4, figsize=(8.4, 4.7))
+    for row, x in zip(axes, (img.unsqueeze(0), lines)):
+        panels = [("input 32x32", x), ("max pool 2x2: 16x16", F.max_pool2d(x, 2)),
+                  ("avg pool 2x2: 16x16", F.avg_pool2d(x, 2)),
+                  ("max pool twice: 8x8", F.max_pool2d(F.max_pool2d(x, 2), 2))]
+        for ax, (title, t) in zip(row, panels):
+            ax.imshow(common.unnormalize(t[0]).permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
     return common.save_figure(fig, path, show)
 
 
@@ -176,11 +180,7 @@ def main(argv=None):
     # 3.3.4 Pooling ---------------------------------------------------------------------
     common.section("3.3.4 Pooling halves the map")
     pool = nn.MaxPool2d(2)
-    y = x
-    sizes = [y.shape[-1]]
-    for _ in range(2):
-        y = pool(y)
-        sizes.append(y.shape[-1])
+    sizes = [x.shape[-1], pool(x).shape[-1], pool(pool(x)).shape[-1]]
     print(f"MaxPool2d(2): {' -> '.join(map(str, sizes))} (no weights: "
           f"{sum(p.numel() for p in pool.parameters())} parameters)")
     check("32 -> 16 -> 8", sizes == [32, 16, 8])

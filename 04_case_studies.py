@@ -169,7 +169,7 @@ class AuxClassifier(nn.Module):
 
     def __init__(self, c_in, num_classes=10):
         super().__init__()
-        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(4), conv_bn(c_in, 64, 1), nn.Flatten(),
+        self.net = nn.Sequential(nn.AvgPool2d(2), conv_bn(c_in, 64, 1), nn.Flatten(),  # 8 -> 4
                                  nn.Linear(64 * 4 * 4, 256), nn.ReLU(inplace=True),
                                  nn.Dropout(0.7), nn.Linear(256, num_classes))
 
@@ -438,10 +438,10 @@ def stage_shapes(model, size=32):
 def throughput(model, device, precision="fp32", batch=32, steps=3):
     """Training images per second (forward + backward + SGD step) as training runs them:
     the same precision and memory layout, after one warm-up step, the device synchronised."""
-    model = common.to_device(model, device).train()
+    model = common.to_device(model, device, precision).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, 32, 32, device=device)
-    if common.channels_last_helps(device):
+    if common.channels_last_helps(device, precision):
         x = x.contiguous(memory_format=torch.channels_last)
     batches = [(x, torch.randint(0, 10, (batch,), device=device))]
     dtype = common.AMP_DTYPES[precision]
@@ -480,11 +480,16 @@ def plot_compare(rows, title):
     top = max(r["train_images_per_s"] for r in rows)
     for i, r in enumerate(rows):
         x, y = r["macs"] / 1e6, r["params"] / 1e6
-        ax.scatter(x, y, s=30 + 400 * (r["train_images_per_s"] / top) ** 0.5, alpha=0.7,
+        # a marker shape each, half transparent: models of about the same size both show
+        ax.scatter(x, y, s=30 + 400 * (r["train_images_per_s"] / top) ** 0.5, alpha=0.5,
                    color=common.plt.get_cmap("tab20").colors[i % 20], edgecolor="black",
-                   linewidth=0.5, label=f"{r['model']} ({r['train_images_per_s']:,.0f} img/s)")
-        ax.annotate(r["model"], (x, y), fontsize=7, xytext=(6, 4 - 8 * (i % 2)),
-                    textcoords="offset points")
+                   marker="osD^vP*Xhp<>"[i % 12], linewidth=0.8,
+                   label=f"{r['model']} ({r['train_images_per_s']:,.0f} img/s)")
+        near = [q for q in rows[:i] if abs(math.log(q["macs"] / r["macs"])) < 0.3 and
+                abs(math.log(q["params"] / r["params"])) < 0.3]
+        at = near[0] if near else r  # a cluster's labels stack beside its first model
+        ax.annotate(r["model"], (at["macs"] / 1e6, at["params"] / 1e6), fontsize=7,
+                    xytext=(10, 2 - 9 * len(near)), textcoords="offset points")
     ax.legend(title="model (training speed: dot size)", loc="upper left",
               bbox_to_anchor=(1.01, 1), fontsize=7)
     ax.margins(x=0.2, y=0.15)
@@ -689,10 +694,13 @@ class CudaConvnet(nn.Module):
     def __init__(self, act="relu", paper=True, num_classes=10):
         super().__init__()
         f = {"relu": nn.ReLU, "tanh": nn.Tanh}[act]
+        # padding 0: the same numbers either way on CPU and CUDA; False avoids the MPS path
+        # that gave wrong values before torch 2.9 (pytorch PR 161011)
+        cut = dict(count_include_pad=False)
         self.features = nn.Sequential(
             nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(3, 2, ceil_mode=True), f(),
-            nn.Conv2d(32, 32, 5, padding=2), f(), nn.AvgPool2d(3, 2, ceil_mode=True),
-            nn.Conv2d(32, 64, 5, padding=2), f(), nn.AvgPool2d(3, 2, ceil_mode=True),
+            nn.Conv2d(32, 32, 5, padding=2), f(), nn.AvgPool2d(3, 2, ceil_mode=True, **cut),
+            nn.Conv2d(32, 64, 5, padding=2), f(), nn.AvgPool2d(3, 2, ceil_mode=True, **cut),
             nn.Flatten(), nn.Linear(64 * 4 * 4, num_classes))
         # one affine map per channel turns our (x - 0.5) / 0.5 into the inputs wanted
         mean, std = torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD)
@@ -722,19 +730,19 @@ class SmallVGG(nn.Module):
     def __init__(self, kernel=3, width=32, num_classes=10):
         super().__init__()
         self.stem = conv_bn(3, width, 3)
-        self.bodies, self.transitions, c = nn.ModuleList(), nn.ModuleList(), width
+        stages, c = [], width
         for i in range(3):
-            self.bodies.append(nn.Sequential(conv_bn(c, c, 3), conv_bn(c, c, 3))
-                               if kernel == 3 else conv_bn(c, c, 5))
-            if i < 2:
-                self.transitions.append(nn.Sequential(nn.MaxPool2d(2), conv_bn(c, 2 * c, 1)))
-                c *= 2
+            layers = [nn.MaxPool2d(2), *conv_bn(c, 2 * c, 1)] if i else []  # halve, double C
+            c = 2 * c if i else c
+            layers += [*conv_bn(c, c, 3), *conv_bn(c, c, 3)] if kernel == 3 else [*conv_bn(c, c, 5)]
+            stages.append(nn.Sequential(*layers))
+        self.stage1, self.stage2, self.stage3 = stages
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
 
     def forward(self, x):                              # (B, 3, 32, 32)
-        x = self.bodies[0](self.stem(x))               # (B, 32, 32, 32)
-        x = self.bodies[1](self.transitions[0](x))     # (B, 64, 16, 16)
-        x = self.bodies[2](self.transitions[1](x))     # (B, 128, 8, 8)
+        x = self.stage1(self.stem(x))                  # (B, 32, 32, 32)
+        x = self.stage2(x)                             # (B, 64, 16, 16)
+        x = self.stage3(x)                             # (B, 128, 8, 8)
         return self.head(x)                            # (B, 10)
 
 

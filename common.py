@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -57,7 +58,8 @@ def train(net, loader, optimizer, criterion, device, scheduler=None, amp_dtype=N
             loss = criterion(outputs, labels)
             step_loss = loss if aux is None else loss + 0.3 * criterion(aux, labels)
         scaler.scale(step_loss).backward()
-        scaler.step(optimizer)  # fp16: unscales first, skips the step after an overflow
+        scaler.unscale_(optimizer)  # fp16: true gradients for a clip hook; else does nothing
+        scaler.step(optimizer)  # fp16: skips the step after an overflow
         scaler.update()
         if scheduler is not None:
             scheduler.step()
@@ -133,7 +135,7 @@ def make_optimizer(net, settings):
     else:
         optimizer = torch.optim.Adam(params, lr=lr, weight_decay=settings["l2"])
 
-    def clip(*_):  # an optimizer pre-step hook: runs after fp16's unscaling, before the step
+    def clip(*_):  # an optimizer pre-step hook: train() unscales fp16 gradients before it
         nn.utils.clip_grad_norm_(net.parameters(), settings["clip_grad"])
 
     if settings["clip_grad"]:
@@ -330,10 +332,10 @@ class DeviceLoader:
     device) and moved in one copy; batches are gathered, augmented and normalised there."""
 
     def __init__(self, images, labels, batch_size, device, shuffle=False, augment=False,
-                 seed=0):
+                 seed=0, precision="fp32"):
         self.images, self.labels = images.to(device), labels.to(device)
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.channels_last = channels_last_helps(device)
+        self.channels_last = channels_last_helps(device, precision)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
@@ -363,12 +365,13 @@ class DeviceLoader:
 
 
 def make_loaders(partition, device, train_batch_size=128, test_batch_size=256,
-                 augment=False, seed=0):
+                 augment=False, seed=0, precision="fp32"):
     """DeviceLoaders for train (shuffled, maybe augmented), val and test."""
     return {"train": DeviceLoader(*partition["train"], train_batch_size, device, shuffle=True,
-                                  augment=augment, seed=seed),
-            "val": DeviceLoader(*partition["val"], test_batch_size, device),
-            "test": DeviceLoader(*partition["test"], test_batch_size, device)}
+                                  augment=augment, seed=seed, precision=precision),
+            "val": DeviceLoader(*partition["val"], test_batch_size, device, precision=precision),
+            "test": DeviceLoader(*partition["test"], test_batch_size, device,
+                                 precision=precision)}
 
 
 # ============================================================================ Device
@@ -510,14 +513,16 @@ def out_root(out_dir, partition):
 
 def choose_precision(device, enabled=True):
     """'bf16', 'fp16' or 'fp32': the arithmetic this device runs natively (README,
-    "Precision and hardware", says which devices get which and why)."""
+    Troubleshooting): bf16 from CUDA capability 8.0; fp16 on the 7.x GPUs that have tensor
+    cores (V100, TITAN V, T4, RTX 20xx, Xavier; not GTX 16xx, MX450/550, T400-T1200)."""
     device = torch.device(device)
     if enabled and device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         if major >= 8:
             return "bf16"
-        if major == 7 and "GTX 16" not in torch.cuda.get_device_name(device):
-            return "fp16"  # tensor cores; GTX 16xx has none and NaNs in fp16 convs
+        if major == 7 and re.search(r"V100|TITAN V|RTX|\bT4\b|Xavier",
+                                    torch.cuda.get_device_name(device)):
+            return "fp16"
     return "bf16" if enabled and device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
@@ -532,15 +537,18 @@ def cpu_has_bf16():
         return False
 
 
-def channels_last_helps(device):
-    """NHWC memory layout: faster convolutions on CUDA and on CPU (oneDNN), measured."""
-    return torch.device(device).type in ("cuda", "cpu")
+def channels_last_helps(device, precision="fp32"):
+    """NHWC memory layout: faster convolutions on the CPU (oneDNN; measured) and on CUDA
+    tensor cores in bf16 or fp16; slower on CUDA in fp32 (pytorch issues 44943, 50036)."""
+    kind = torch.device(device).type
+    return kind == "cpu" or (kind == "cuda" and precision in ("bf16", "fp16"))
 
 
-def to_device(model, device):
+def to_device(model, device, precision="fp32"):
     """The model on the device, in channels-last layout where that is faster."""
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last_helps(device) else model
+    return model.to(memory_format=torch.channels_last) if channels_last_helps(
+        device, precision) else model
 
 
 def synchronize(device):
@@ -563,9 +571,9 @@ def train_and_save(name, build, settings, run, partition, device, out_dir, show=
     are experiment's; run holds the rest (seed, precision, augment, batch sizes, ...).
     Returns (net, result, folder, exit code: 0, 1 out of memory, 3 diverged, 130 stopped)."""
     set_seed(run["seed"])  # every run: the same init order and data order
-    net = to_device(build(), device)
+    net = to_device(build(), device, run["precision"])
     loaders = make_loaders(partition, device, run["train_batch_size"], run["test_batch_size"],
-                           run["augment"], run["seed"])
+                           run["augment"], run["seed"], run["precision"])
     folder = reserve(os.path.join(out_dir, name))
     label, tag = os.path.basename(folder), data_tag(partition["kind"])
     print(f"== {label}: {count_params(net):,} params, {settings.get('optim', 'SGD')} lr "

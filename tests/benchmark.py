@@ -3,6 +3,7 @@ the notebook's (PIL images through torchvision transforms in a DataLoader, num_w
 in one process, after a warm-up; prints both and their ratio. Not collected by pytest:
 python tests/benchmark.py [--device cuda] [--data synthetic]
 """
+import importlib
 import os
 import sys
 import time
@@ -14,9 +15,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
-from conftest import load_script  # noqa: E402
 
-CNN = load_script("03_cnn_train.py").CNN
+CNN = importlib.import_module("03_cnn_train").CNN  # a module name may start with a digit here
 
 
 class PILSet(torch.utils.data.Dataset):
@@ -43,7 +43,7 @@ def notebook_loaders(part, batch=128, test_batch=500):
 def timed_epoch(loaders, device, precision, layout=True):
     """Seconds for one training epoch and one validation pass, the device synchronised."""
     common.set_seed(0)
-    net = common.to_device(CNN(), device) if layout else CNN().to(device)
+    net = common.to_device(CNN(), device, precision) if layout else CNN().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     dtype = common.AMP_DTYPES[precision]
     common.synchronize(device)
@@ -63,9 +63,10 @@ def main(argv=None):
     device, precision = common.start(args)
     part = common.load_data(args)
     small = common.get_data("synthetic", limit=300, log=lambda *_: None)  # every batch shape
-    for loaders in (common.make_loaders(small, device, augment=True), notebook_loaders(small)):
+    mine = dict(augment=True, precision=precision)
+    for loaders in (common.make_loaders(small, device, **mine), notebook_loaders(small)):
         timed_epoch(loaders, device, precision)
-    ours = timed_epoch(common.make_loaders(part, device, 128, 500, augment=True), device, precision)
+    ours = timed_epoch(common.make_loaders(part, device, 128, 500, **mine), device, precision)
     theirs = timed_epoch(notebook_loaders(part), device, precision)
     as_written = timed_epoch(notebook_loaders(part), device, "fp32", layout=False)
     print(f"device {device}, {precision}, data {part['kind']}, train {len(part['train'][1])}")

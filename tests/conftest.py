@@ -84,3 +84,33 @@ def run_main(module, argv, capsys):
         code = exit_.code
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(argv, code, out, err)
+
+
+@pytest.fixture(autouse=True)
+def figures_fit_their_canvas(monkeypatch):
+    """Every figure that a test has a script save is checked first: nothing drawn sticks
+    out of the canvas (a title cut at the right, a legend or label cut off)."""
+    import common
+    from matplotlib.text import Text
+
+    real = common.save_figure
+
+    def checked(fig, path, show=False):
+        fig.draw_without_rendering()
+        renderer = fig._get_renderer()
+        drawn, size = fig.get_tightbbox(renderer), fig.get_size_inches()  # inches, both
+        if not (drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= size[0] + 0.01
+                and drawn.y1 <= size[1] + 0.01):
+            ticks = {t for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+                     for t in axis.get_ticklabels(which="both")}
+            def outside(t):
+                e = t.get_window_extent(renderer)
+                return not (fig.bbox.contains(*e.min) and fig.bbox.contains(*e.max))
+
+            out = [t.get_text() for t in fig.findobj(Text) if t.get_visible() and t.get_text()
+                   and t not in ticks and outside(t)]
+            pytest.fail(f"{os.path.basename(path)}: drawn {drawn.bounds} (x0, y0, width, "
+                        f"height in inches) sticks out of its {tuple(size)} canvas: {out}")
+        return real(fig, path, show)
+
+    monkeypatch.setattr(common, "save_figure", checked)
