@@ -128,6 +128,7 @@ def test_transform_matches_torchvision(tmp_path):
     ("01_convolution.py", ["image.png", "equivariance_1d.png", "sobel.png", "feature_maps.png"]),
     ("02_padding_pooling.py", ["pooling.png", "conv_relu_pool.png"]),
 ])
+@pytest.mark.usefixtures("figures_fit_their_canvas")
 def test_script_runs_offline_and_saves_figures(script, figures, tmp_path, capsys):
     proc = run_main(load_script(script), ["--no-download", "--data-dir", str(tmp_path / "none"),
                                           "--out-dir", str(tmp_path)], capsys)

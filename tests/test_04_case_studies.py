@@ -103,6 +103,7 @@ def test_downsampling_shortcut_pads_channels_with_zeros():
     assert torch.equal(s[:, 8:24], x[:, :, ::2, ::2]) and s[:, :8].abs().sum() == 0
 
 
+@pytest.mark.usefixtures("figures_fit_their_canvas")
 def test_default_table_writes_json_and_figure(tmp_path, monkeypatch, capsys):
     # the real table, with a shorter speed measurement (one step of 4 images per model)
     monkeypatch.setattr(cs, "throughput", functools.partial(cs.throughput, batch=4, steps=1))
@@ -120,6 +121,7 @@ def test_default_table_writes_json_and_figure(tmp_path, monkeypatch, capsys):
     assert max(len(line) for line in proc.stdout.splitlines() if "/" not in line) <= 100
 
 
+@pytest.mark.usefixtures("figures_fit_their_canvas")
 def test_train_two_models_on_synthetic(tmp_path, capsys):
     proc = run_main(cs, ["--train", "lenet", "resnet20", "--data", "synthetic", "--epochs",
                          "1", "--limit", "256", "--no-download", "--out-dir", str(tmp_path)],
@@ -156,6 +158,7 @@ def test_resnet_depth_is_selectable(name, blocks):
 
 # ----------------------------------------------------------------------------- the slides' claims
 
+@pytest.mark.usefixtures("figures_fit_their_canvas")
 @pytest.mark.parametrize("claim", sorted(cs.CLAIMS))
 def test_each_claim_runs_end_to_end(claim, tmp_path, capsys):
     code = cs.main(["--claim", claim, "--data", "synthetic", "--limit", "16", "--epochs", "1",

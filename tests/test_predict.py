@@ -23,6 +23,7 @@ def trained(tmp_path_factory):
     return out, out / "synthetic" / "cnn"
 
 
+@pytest.mark.usefixtures("figures_fit_their_canvas")
 def test_predict_prints_the_top_3_of_probabilities_that_sum_to_100(trained, tmp_path,
                                                                    monkeypatch, capsys):
     from PIL import Image
@@ -31,10 +32,10 @@ def test_predict_prints_the_top_3_of_probabilities_that_sum_to_100(trained, tmp_
     picture = tmp_path / "my_photo.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(picture)
-    seen, shown, real = [], [], cnn_train.CNN.forward
-    monkeypatch.setattr(cnn_train.CNN, "forward", lambda self, x: seen.append(x) or real(self, x))
-    monkeypatch.setattr(cnn_train, "plot_prediction", lambda *a: shown.append(a) or
-                        common.plt.Figure())
+    seen, shown, forward, plot = [], [], cnn_train.CNN.forward, cnn_train.plot_prediction
+    monkeypatch.setattr(cnn_train.CNN, "forward", lambda self, x: seen.append(x) or
+                        forward(self, x))
+    monkeypatch.setattr(cnn_train, "plot_prediction", lambda *a: shown.append(a) or plot(*a))
     proc = run_main(cnn_train, ["--predict", str(picture), "--out-dir", str(out)], capsys)
     assert proc.returncode == 0, proc.stderr
     probs, classes = shown[0][2], shown[0][3]

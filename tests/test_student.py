@@ -165,9 +165,9 @@ def test_progress_into_a_file_prints_few_plain_lines(monkeypatch):
     clock.now += 30  # epoch 1's validation: 180 s an epoch in all
     for _ in progress(list(range(300)), 2):
         clock.now += 0.5
-    first = out.getvalue().splitlines()[len(lines)]
-    assert first.startswith("  epoch 2/40: batch 1/300, 0:00:00 spent")
-    assert first.endswith(f"run ~{datetime.timedelta(seconds=180 * 39)} left")
+    first = out.getvalue().splitlines()[len(lines)]  # a minute after the last line
+    assert first.startswith("  epoch 2/40: batch 120/300, 0:01:00 spent")
+    assert first.endswith(f"run ~{datetime.timedelta(seconds=180 * 39 - 60)} left")
 
 
 def test_help_shows_every_default(capsys):
@@ -220,6 +220,7 @@ def test_act_builds_the_same_cnn_with_that_activation(act, low, high):
         assert (x > 0).float().mean() > 0.99 or act == "tanh"  # sigmoid is never 0
 
 
+@pytest.mark.usefixtures("figures_fit_their_canvas")
 def test_act_sweep_writes_one_run_per_value_a_figure_and_a_summary(tmp_path, capsys):
     proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path), "--act", "relu",
                     "tanh"], capsys)
@@ -280,6 +281,7 @@ def test_receptive_box_is_exactly_the_pixels_with_gradient(layer, field, where):
     assert len(rows) == (bottom - top + 1) * (right - left + 1)  # the whole box, nothing else
 
 
+@pytest.mark.usefixtures("figures_fit_their_canvas")
 def test_a_run_saves_the_layer_figures_and_the_filters_movement(tmp_path, capsys):
     proc = run_main(cnn_train, [*QUICK, "--out-dir", str(tmp_path)], capsys)
     assert proc.returncode == 0, proc.stderr

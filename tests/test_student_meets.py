@@ -90,3 +90,12 @@ def test_04_refuses_what_it_would_ignore_or_cannot_build(argv, message, capsys):
         cs.parse_args(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "usage:" not in err
+
+
+@pytest.mark.usefixtures("figures_fit_their_canvas")
+def test_the_figure_guard_fails_a_title_cut_at_the_right(tmp_path):
+    fig, ax = common.subplots(figsize=(3, 2))
+    common.save_figure(fig, str(tmp_path / "fits.png"))
+    ax.set_title("a title far too long for a figure three inches wide, cut at the right")
+    with pytest.raises(pytest.fail.Exception, match="sticks out of its"):
+        common.save_figure(fig, str(tmp_path / "cut.png"))
