@@ -162,6 +162,7 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
     ln 10 = 2.3), 'interrupted' (Ctrl-C), 'out of memory' or 'output error' (log() failed: a
     closed pipe or terminal); finished epochs are kept in every case. progress(loader, epoch), if given, wraps the training batches."""
     settings = check_settings(settings)
+    net.to(device)  # a net built on the CPU trains where the batches go
     if not isinstance(loaders, dict) or not {"train", "val"} <= set(loaders) <= \
             {"train", "val", "test"}:
         raise ValueError("loaders: give a dict {'train': ..., 'val': ..., 'test': ...} of "
@@ -868,7 +869,7 @@ def add_training_args(parser):
                         help="random crop (4-pixel padding) and horizontal flip per image")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="mixed precision where the device runs it natively (README, "
-                             "Precision and hardware)")
+                             "Troubleshooting)")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=seed_int, default=123,

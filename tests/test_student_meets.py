@@ -99,3 +99,24 @@ def test_the_figure_guard_fails_a_title_cut_at_the_right(tmp_path):
     ax.set_title("a title far too long for a figure three inches wide, cut at the right")
     with pytest.raises(pytest.fail.Exception, match="sticks out of its"):
         common.save_figure(fig, str(tmp_path / "cut.png"))
+
+
+def test_every_readme_reference_names_a_heading_that_is_there(capsys):
+    """'(README, Troubleshooting)' in --help or in the code points to a heading of README."""
+    import os
+    import re
+
+    from conftest import ROOT
+
+    headings = re.findall(r"(?m)^#+ (.+)$", open(os.path.join(ROOT, "README.md")).read())
+    texts = []
+    for script in ("01_convolution.py", "02_padding_pooling.py", "03_cnn_train.py",
+                   "04_case_studies.py"):
+        with pytest.raises(SystemExit):
+            load_script(script).build_parser().parse_args(["--help"])
+        texts.append(" ".join(capsys.readouterr().out.split()))
+    for name in ("common.py", "01_convolution.py", "02_padding_pooling.py", "03_cnn_train.py",
+                 "04_case_studies.py"):  # strings continued over lines joined again
+        texts.append(re.sub(r'"\s*\n\s*f?"|\n\s*', " ", open(os.path.join(ROOT, name)).read()))
+    named = {m for t in texts for m in re.findall(r"README, ([A-Z][\w' -]*[\w'])", t)}
+    assert named and named <= set(headings), named - set(headings)

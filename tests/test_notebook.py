@@ -1,0 +1,139 @@
+"""Where most students run this: a real Jupyter kernel (ipykernel, inline backend), driven
+cell by cell as README's "In Colab or Jupyter" section shows, and a plain runpy run. The
+kernel starts without MPLBACKEND, so matplotlib is inline there as in a student's notebook."""
+import json
+import os
+import re
+import runpy
+import signal
+import socket
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+OFFLINE = "--data synthetic --no-download"
+STATE = "import matplotlib, signal, socket, torch; print('STATE', matplotlib.get_backend(), " \
+        "[str(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)], " \
+        "socket.getdefaulttimeout(), torch.are_deterministic_algorithms_enabled())"
+OWN_PLOT = "import matplotlib.pyplot as plt\nplt.plot([3, 2, 1])\nplt.show()"
+
+
+def readme_cells():
+    """The code cells of README's notebook section, the clone and install cell left out."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split("## In Colab or Jupyter", 1)[1].split("\n## ", 1)[0]
+    cells = re.findall(r"```python\n(.*?)```", section, re.S)
+    return [c for c in cells if "git clone" not in c]
+
+
+class Kernel:
+    """One ipykernel; run(code) returns (text printed, PNG images shown, error name)."""
+
+    def __init__(self, cwd):
+        manager = pytest.importorskip("jupyter_client.manager")
+        pytest.importorskip("ipykernel")
+        env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+        env["PYTHONPATH"] = ROOT
+        self.km, self.kc = manager.start_new_kernel(kernel_name="python3", cwd=cwd, env=env)
+
+    def run(self, code, when=None, timeout=600):
+        msg_id, text, images, error = self.kc.execute(code), "", 0, None
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "status" and content["execution_state"] == "idle":
+                return text, images, error
+            text += content.get("text", "") if kind == "stream" else ""
+            images += kind in ("display_data", "execute_result") and "image/png" in content["data"]
+            error = content["ename"] if kind == "error" else error
+            if when and when[0] in text:
+                when[1]()
+                when = None
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    k = Kernel(ROOT)
+    yield k, tmp_path_factory.mktemp("nb")
+    k.close()
+
+
+def test_percent_run_shows_every_figure_once_and_leaves_the_notebook_as_it_was(kernel):
+    k, tmp = kernel
+    before = k.run(STATE)[0]
+    assert "inline" in before and "None" in before  # an inline kernel, no socket timeout
+    k.run("import common")
+    assert k.run(STATE)[0] == before and k.run(OWN_PLOT)[1] == 1
+    cells = readme_cells()
+    runs = [line for line in cells[0].splitlines() if line.startswith("%run")]
+    k.run("\n".join(line for line in cells[0].splitlines() if line not in runs))
+    shown = {}
+    for line in runs:
+        script, extra = line.split()[1], f"{OFFLINE} --out-dir {tmp}"
+        if script.startswith("03"):
+            extra = extra.replace("--epochs 10", "") + " --epochs 1 --limit 256"
+            line = line.replace("--epochs 10", "")
+        if script.startswith("04"):  # the table, its training-speed measurement stubbed
+            k.run("import common; real_train = common.train\n"
+                  "common.train = lambda net, batches, *a, **k: (0.0, 0.0)")
+        text, images, error = k.run(f"{line} {extra}")
+        if script.startswith("04"):
+            k.run("common.train = real_train")
+        assert error is None, text
+        shown[script] = images
+        assert k.run(STATE)[0] == before, script  # backend, handlers, timeout, torch flags
+        assert k.run(OWN_PLOT)[1] == 1, script  # the student's own plot still shows
+    assert shown == {"01_convolution.py": 4, "02_padding_pooling.py": 2, "03_cnn_train.py": 7,
+                     "04_case_studies.py": 2}
+    assert k.run(f"{cells[1].replace('runs/', f'{tmp}/synthetic/')}")[1] == 1  # a saved one
+    last = cells[2].replace('"auto", limit=5000', '"synthetic", limit=256, log=print')
+    text, images, error = k.run(last)
+    assert error is None and images == 1, text  # the returned figure shows exactly once
+
+
+def test_an_error_is_one_line_and_the_stop_button_keeps_the_finished_epochs(kernel):
+    k, tmp = kernel
+    text, images, error = k.run(f"%run 03_cnn_train.py --data cifar10 --data-dir {tmp}/none "
+                                f"--no-download --out-dir {tmp}")
+    assert error == "SystemExit" and text.strip().startswith("error: CIFAR-10 is not in")
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1
+    text, _, error = k.run(f"%run 03_cnn_train.py {OFFLINE} --limit 128 --epochs 1000 "
+                           f"--out-dir {tmp}/stop", when=("Epoch 2,", k.km.interrupt_kernel))
+    record = json.load(open(f"{tmp}/stop/synthetic/cnn/result.json"))
+    assert record["status"] == "interrupted" and len(record["result"]["train_losses"]) >= 2
+    assert error == "SystemExit" and "Traceback" not in text
+
+
+def test_runpy_leaves_backend_handlers_timeout_and_torch_flags_as_they_were(tmp_path,
+                                                                            monkeypatch):
+    import matplotlib
+
+    mine, old_backend = signal.signal(signal.SIGTERM, lambda *a: None), matplotlib.get_backend()
+    try:
+        handler, backend = signal.getsignal(signal.SIGTERM), "template"
+        matplotlib.use(backend)
+        before = (matplotlib.get_backend(), signal.getsignal(signal.SIGTERM),
+                  socket.getdefaulttimeout(), torch.are_deterministic_algorithms_enabled())
+        for script, extra in (("01_convolution.py", []),
+                              ("03_cnn_train.py", ["--epochs", "1", "--limit", "64",
+                                                   "--deterministic"])):
+            monkeypatch.setattr(sys, "argv", [script, *OFFLINE.split(), "--out-dir",
+                                              str(tmp_path), *extra])
+            with pytest.raises(SystemExit) as exit_:
+                runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+            assert exit_.value.code == 0
+            assert (matplotlib.get_backend(), signal.getsignal(signal.SIGTERM),
+                    socket.getdefaulttimeout(), torch.are_deterministic_algorithms_enabled()) \
+                == before == ("template", handler, None, False)
+    finally:
+        signal.signal(signal.SIGTERM, mine)
+        matplotlib.use(old_backend)
