@@ -229,7 +229,8 @@ def top_mistakes(net, images, labels, flip=False, amp_dtype=None, k=16):
 
 def plot_mistakes(images, labels, found, classes, title=""):
     """Each mistake: the image, its true class, the predicted class and the probability."""
-    fig, axes = common.subplots(2, 8, figsize=(12, 4), squeeze=False)
+    fig, axes = common.subplots(2, 8, figsize=(12, 4), layout=None, squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.82, wspace=0.05, hspace=0.35)
     for ax, (i, predicted, p) in zip(axes.flat, found):
         ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(f"true {classes[labels[i]]}\nsaid {classes[predicted]} {p:.0%}", fontsize=8)
@@ -377,7 +378,9 @@ def mosaic(tiles, per_row=3, gap=1, fill=float("nan")):
 def plot_top_patches(net, responses, images, title=""):
     """Per layer (row) and unit (column): the 9 val images that excite the unit most, each
     cropped to the unit's receptive field around its strongest position."""
-    fig, axes = common.subplots(len(responses), 8, figsize=(13, 5.4), squeeze=False)
+    fig, axes = common.subplots(len(responses), 8, figsize=(13, 5.4), layout=None,
+                                squeeze=False)
+    fig.subplots_adjust(left=0.09, right=0.99, bottom=0.02, top=0.86, wspace=0.1, hspace=0.3)
     for row, (name, units) in enumerate(responses.items()):
         layers = layer_geometry(net, name)
         field = common.receptive_field(layers)

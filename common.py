@@ -956,10 +956,11 @@ def in_notebook():
     return getattr(shell, "kernel", None) is not None
 
 
-def subplots(nrows=1, ncols=1, figsize=None, **kwargs):
+def subplots(nrows=1, ncols=1, figsize=None, layout="constrained", **kwargs):
     """pyplot.subplots without pyplot: a plt.Figure that no backend holds (so a script sets no
-    backend and a notebook shows it once), laid out so that no text is cut off."""
-    fig = plt.Figure(figsize=figsize, layout="constrained")
+    backend and a notebook shows it once), laid out so that no text is cut off (a grid of
+    many images: layout=None and fixed margins, half the drawing time)."""
+    fig = plt.Figure(figsize=figsize, layout=layout)
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from conftest import load_script, run_main, run_script
+from conftest import load_script, run_main
 
 conv = load_script("01_convolution.py")
 pad = load_script("02_padding_pooling.py")
@@ -159,9 +159,9 @@ def test_missing_image_exits_2(script, tmp_path, capsys):
     assert proc.stderr.strip().startswith("error: cannot read the picture")
 
 
-def test_show_without_display_says_so_and_still_saves(tmp_path):
-    proc = run_script("02_padding_pooling.py", "--show", "--no-download", "--data", "synthetic",
-                      "--out-dir", str(tmp_path))
+def test_show_without_display_says_so_and_still_saves(tmp_path, capsys):
+    proc = run_main(load_script("02_padding_pooling.py"), ["--show", "--no-download", "--data",
+                    "synthetic", "--out-dir", str(tmp_path)], capsys)  # headless: Agg
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == \
         "--show: no display here, so figures are only saved as PNG"

@@ -81,9 +81,9 @@ def test_several_lrs_give_one_run_each_and_a_comparison(tmp_path, capsys):
     assert second["result"]["train_losses"] == single["result"]["train_losses"]
 
 
-def test_missing_cifar_exits_2_with_one_line(tmp_path):
-    proc = run_script("03_cnn_train.py", "--data", "cifar10", "--no-download",
-                      "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "runs"))
+def test_missing_cifar_exits_2_with_one_line(tmp_path, capsys):
+    proc = run_main(cnn_train, ["--data", "cifar10", "--no-download", "--data-dir",
+                                str(tmp_path), "--out-dir", str(tmp_path / "runs")], capsys)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

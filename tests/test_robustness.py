@@ -232,7 +232,8 @@ def test_nan_val_loss_is_divergence_and_json_stays_strict(tmp_path):
 # ----------------------------------------------------------------------------- signals, pipes
 
 def _start(tmp_path, *extra, **kwargs):
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT)
+    # one thread each: torch processes side by side on 2 cores would spin against each other
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     kwargs = {"stdout": subprocess.PIPE, **kwargs}
     return subprocess.Popen(
         [sys.executable, "-u", "03_cnn_train.py", "--data", "synthetic", "--limit", "128",
