@@ -5,7 +5,6 @@ import io
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import common
 from conftest import load_script, run_main

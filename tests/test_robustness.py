@@ -11,7 +11,6 @@ import sys
 import tarfile
 import urllib.error
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
