@@ -201,25 +201,62 @@ def test_the_rule_on_made_up_numbers():
     weak = verdict(relu_paper=[12, 20], tanh_paper=[10, 11])  # nothing learned
     assert weak["verdict"] == "inconclusive" and weak["reason"].startswith("no power")
     assert cs.claim_verdict([{"verdict": "holds"}, {"verdict": "inconclusive"}]) == \
-        "inconclusive"
-    assert cs.claim_verdict([{"verdict": "holds"}, {"verdict": "contradicted"}]) == \
+        ("inconclusive", "for part 1, 2")
+    assert cs.claim_verdict([{"verdict": "holds"}, {"verdict": "contradicted"}])[0] == \
         "contradicted"
     assert cs.claim_verdict([{"verdict": "holds"}, {"verdict": "inconclusive",
-                                                    "skipped": True}]) == "holds"
+                                                    "skipped": True}]) == \
+        ("holds", "for part 1; part 2 needs --budget full")
+
+
+def test_the_no_difference_rule_on_made_up_numbers():
+    part = cs.CLAIMS["aux"]["parts"][1]  # with BN the side head makes no difference
+    assert part["same"] and cs.SAME == 3.0
+    verdict = lambda **c: cs.decide(part, results(**c), quick=True)  # noqa: E731
+    same = verdict(bn_aux=[60, 61], bn=[60.5, 61.5])  # |gain| 0.5 + spread 1 < 3
+    assert same["verdict"] == "holds" and same["reason"] is None
+    apart = verdict(bn_aux=[70, 71], bn=[60, 61])  # |gain| 10 > spread 1 + 1
+    assert apart["verdict"] == "contradicted"
+    apart = verdict(bn_aux=[50, 51], bn=[60, 61])  # either direction is a difference
+    assert apart["verdict"] == "contradicted"
+    noisy = verdict(bn_aux=[60, 64], bn=[61, 62])  # gain 0.5, spread 4: neither
+    assert noisy["verdict"] == "inconclusive" and "nor |gain| + spread" in noisy["reason"]
+    weak = verdict(bn_aux=[11, 12], bn=[11, 12])  # nothing learned: no power, never 'holds'
+    assert weak["verdict"] == "inconclusive" and weak["reason"].startswith("no power")
+
+
+def test_small_inception_shapes_parameters_and_the_2x2():
+    for bn in (True, False):
+        for aux in (False, True):
+            net = cs.SmallInception(bn, aux)
+            x = torch.randn(4, 3, 32, 32)
+            out = net.train()(x)
+            assert (out[0].shape, out[1].shape) == ((4, 10), (4, 10)) if aux else \
+                out.shape == (4, 10)
+            assert net.eval()(x).shape == (4, 10)  # no side head at test time
+            assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == bn
+    # per module: 1x1 8 + 1x1 8 -> 3x3 16 + 1x1 4 -> 5x5 4 + pool -> 1x1 4 = 32 channels
+    module = (32 * 8 + 8) + (32 * 8 + 8) + (8 * 9 * 16 + 16) + (32 * 4 + 4) + \
+        (4 * 25 * 4 + 4) + (32 * 4 + 4)
+    assert common.count_params(cs.Inception(32, 8, 8, 16, 4, 4, 4, bn=False)) == module
+    stem, head = 3 * 9 * 32 + 32, 32 * 10 + 10
+    assert common.count_params(cs.SmallInception(bn=False)) == stem + 8 * module + head == 20_138
+    assert common.count_params(cs.SmallInception(bn=False, aux=True)) == 20_138 + head
+    assert set(cs.CLAIMS["aux"]["runs"]) == {"plain", "plain_aux", "bn", "bn_aux"}
 
 
 def test_a_part_only_the_full_budget_can_power_trains_nothing_at_quick(tmp_path, capsys,
                                                                        monkeypatch):
     monkeypatch.setattr(common, "train_and_save", lambda *a, **k: pytest.fail("trained"))
-    assert cs.main(["--claim", "aux", "--out-dir", str(tmp_path)]) == 0
-    record = json.loads((tmp_path / "04_case_studies" / "claims" / "aux.json").read_text())
-    assert record["verdict"] == "inconclusive" and "--budget full" in record["parts"][0]["reason"]
     assert cs.main(["--claim", "3x3", "--out-dir", str(tmp_path)]) == 0  # arithmetic decides
-    record = json.loads((tmp_path / "04_case_studies" / "claims" / "3x3.json").read_text())
+    folder = tmp_path / "04_case_studies" / "claims"
+    record = json.loads((folder / "3x3.json").read_text())
     assert [p["verdict"] for p in record["parts"]] == ["holds", "inconclusive"]
-    assert record["verdict"] == "holds"
+    assert "--budget full" in record["parts"][1]["reason"] and record["verdict"] == "holds"
+    assert "verdict: holds for part 1; part 2 needs --budget full (" in capsys.readouterr().out
+    assert (folder / "3x3.png").stat().st_size > 0 and not (folder / "3x3").exists()
     degradation = cs.CLAIMS["degradation"]["parts"]
-    assert [bool(p.get("full")) for p in degradation] == [False, True, True]
+    assert [bool(p.get("full_because")) for p in degradation] == [False, True, True]
 
 
 def test_cuda_convnet_layers_params_and_init():
