@@ -160,7 +160,8 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
     batches as a DataLoader does. settings: lr, epochs and any of check_settings' keys.
     result['status']: 'completed', 'diverged' (a loss NaN, infinite or above 100; chance is
     ln 10 = 2.3), 'interrupted' (Ctrl-C), 'out of memory' or 'output error' (log() failed: a
-    closed pipe or terminal); finished epochs are kept in every case. progress(loader, epoch), if given, wraps the training batches."""
+    closed pipe or terminal); finished epochs are kept in every case. progress(loader, epoch),
+    if given, wraps the training batches."""
     settings = check_settings(settings)
     net.to(device)  # a net built on the CPU trains where the batches go
     if not isinstance(loaders, dict) or not {"train", "val"} <= set(loaders) <= \
@@ -563,7 +564,7 @@ def synchronize(device):
 # -------------------------------------------------------------------- one run: train and save
 
 EXIT_CODES = {"completed": 0, "out of memory": 1, "output error": 1, "diverged": 3,
-              "interrupted": 130}
+              "interrupted": 130}  # a run's status -> the script's exit code
 
 
 def train_and_save(name, build, settings, run, partition, device, out_dir, show=False):
@@ -594,15 +595,12 @@ def train_and_save(name, build, settings, run, partition, device, out_dir, show=
     accs = "".join(f", {k} acc {result[k + '_acc']:.2f}%" for k in ("val", "test")
                    if result[k + "_acc"] is not None)
     print(f"{label}: {result['status']}{accs}{tag}; saved in {folder}")
-    code = EXIT_CODES[result["status"]]
-    if code:
-        print(f"error: {label}: " + {
-            "out of memory": "out of memory; use a smaller batch size (finished epochs saved)",
-            "output error": "the output could not be written (finished epochs saved)",
-            "diverged": f"diverged; try a smaller learning rate (e.g. --lr {settings['lr'] / 10:g})",
-            "interrupted": "stopped; the finished epochs are saved"}[result["status"]],
-            file=sys.stderr)
-    return net, result, folder, code
+    if result["status"] != "completed":
+        todo = {"out of memory": "; use a smaller batch size",
+                "diverged": f"; try a smaller learning rate (e.g. --lr {settings['lr'] / 10:g})"}
+        print(f"error: {label}: {result['status']}{todo.get(result['status'], '')}; the "
+              f"finished epochs are saved", file=sys.stderr)
+    return net, result, folder, EXIT_CODES[result["status"]]
 
 
 def environment(device, precision):

@@ -211,15 +211,15 @@ def test_the_rule_on_made_up_numbers():
 
 def test_the_no_difference_rule_on_made_up_numbers():
     part = cs.CLAIMS["aux"]["parts"][1]  # with BN the side head makes no difference
-    assert part["same"] and cs.SAME == 3.0
+    assert part["same"] and cs.SAME == 5.0
     verdict = lambda **c: cs.decide(part, results(**c), quick=True)  # noqa: E731
-    same = verdict(bn_aux=[60, 61], bn=[60.5, 61.5])  # |gain| 0.5 + spread 1 < 3
+    same = verdict(bn_aux=[60, 61], bn=[60.5, 61.5])  # |gain| 0.5 + spread 1 < 5
     assert same["verdict"] == "holds" and same["reason"] is None
     apart = verdict(bn_aux=[70, 71], bn=[60, 61])  # |gain| 10 > spread 1 + 1
     assert apart["verdict"] == "contradicted"
     apart = verdict(bn_aux=[50, 51], bn=[60, 61])  # either direction is a difference
     assert apart["verdict"] == "contradicted"
-    noisy = verdict(bn_aux=[60, 64], bn=[61, 62])  # gain 0.5, spread 4: neither
+    noisy = verdict(bn_aux=[60, 66], bn=[62, 63])  # gain 0.5, spread 6: neither
     assert noisy["verdict"] == "inconclusive" and "nor |gain| + spread" in noisy["reason"]
     weak = verdict(bn_aux=[11, 12], bn=[11, 12])  # nothing learned: no power, never 'holds'
     assert weak["verdict"] == "inconclusive" and weak["reason"].startswith("no power")
