@@ -597,6 +597,7 @@ def train_and_save(name, build, settings, run, partition, device, out_dir, show=
     print(f"{label}: {result['status']}{accs}{tag}; saved in {folder}")
     if result["status"] != "completed":
         todo = {"out of memory": "; use a smaller batch size",
+                "interrupted": " (stopped by Ctrl-C or a stop signal)",
                 "diverged": f"; try a smaller learning rate (e.g. --lr {settings['lr'] / 10:g})"}
         print(f"error: {label}: {result['status']}{todo.get(result['status'], '')}; the "
               f"finished epochs are saved", file=sys.stderr)
