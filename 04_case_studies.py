@@ -467,14 +467,13 @@ def image_macs(model):
 
 def stage_shapes(model, size=32):
     """Output shape of each stage, in the order forward calls them: the top-level children,
-    with a Sequential of Sequentials (VGG's features) or a ModuleList opened up."""
+    with a Sequential of Sequentials (VGG's features) opened up."""
     stages, shapes = [], []
     for name, child in model.named_children():
         parts = list(child.named_children())
         nested = parts and all(isinstance(c, nn.Sequential) for _, c in parts)
-        if isinstance(child, nn.ModuleList) or (isinstance(child, nn.Sequential) and nested):
-            stages += [(f"{name}.{n}" if isinstance(child, nn.ModuleList) else n, c)
-                       for n, c in parts]
+        if isinstance(child, nn.Sequential) and nested:
+            stages += parts
         else:
             stages.append((name, child))
     hooks = [child.register_forward_hook(
@@ -837,13 +836,13 @@ CLAIMS = {
                dict(name="shortcuts fix it: ResNet-56 ends with a lower training error than "
                          "plain-56", metric="final training error (%)", better="resnet56",
                     than="plain56", learned=("resnet56",),
-                    full_because="at 2,000 images and 4 epochs ResNet-56 reached 18.5% val (seeds "
-                         "123/124): it has not learned yet"),
+                    full_because="at 2,000 images and 4 epochs ResNet-56 reached 18.5% val "
+                                 "(seeds 123/124): it has not learned yet"),
                dict(name="deeper residual is better: ResNet-56 reaches a higher val "
                          "accuracy than ResNet-20", metric="best val accuracy (%)",
                     better="resnet56", than="resnet20",
-                    full_because="an end-of-schedule effect: ResNet-56 first passes ResNet-20 after "
-                         "about 26 of the paper's 164 epochs")],
+                    full_because="an end-of-schedule effect: ResNet-56 first passes "
+                                 "ResNet-20 after about 26 of the paper's 164 epochs")],
         budgets={"quick": (2000, 4), "full": (None, 40)},
         changes="the budget: the first part is an early effect (minutes); the others need the "
                 "full schedule. Batch norm in every block is what lets plain-56 train at all"),
@@ -884,8 +883,9 @@ CLAIMS = {
         parts=[dict(name="two 3x3 convs cost less than one 5x5", fixed=cost_3x3_vs_5x5),
                dict(name="two 3x3 convs reach a higher val accuracy than one 5x5",
                     metric="best val accuracy (%)", better="vgg3x3", than="vgg5x5",
-                    full_because="at 4,000 images and 7 epochs the 5x5 net was 2.09 points ahead, "
-                         "within the seed spread 2.07 + 1; such gaps need hundreds of epochs")],
+                    full_because="at 4,000 images and 7 epochs the 5x5 net was 2.09 points "
+                                 "ahead, within the seed spread 2.07 + 1; such gaps need "
+                                 "hundreds of epochs")],
         budgets={"quick": (4000, 7), "full": (None, 30)},
         changes="the budget: a few points after hundreds of epochs are below what minutes resolve"),
     "regularization": dict(

@@ -395,13 +395,6 @@ def get_device(name="auto"):
     return device if device.type == "cuda" else torch.device(device.type)  # mps:0 -> mps
 
 
-def set_seed(seed):
-    """Seed python, numpy and torch (all devices) so a run repeats."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # ############################################################################
 # PLUMBING: what a robust command-line tool adds. A student need not read below.
 # ############################################################################
@@ -474,6 +467,13 @@ def process_state_kept():
         torch.backends.cudnn.benchmark = flags[2]
         os.environ.clear()
         os.environ.update(environ)
+
+
+def set_seed(seed):
+    """Seed python, numpy and torch (all devices) so a run repeats."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def start(args):

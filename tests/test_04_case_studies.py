@@ -302,8 +302,9 @@ def test_plain_net_is_the_resnet_without_shortcuts():
 def test_3x3_pair_has_18c2_and_5x5_has_25c2_weights_per_stage():
     for k, per_c2 in ((3, 18), (5, 25)):
         net = cs.SmallVGG(k)
+        stages = (net.stage1, net.stage2, net.stage3)
         bodies = [sum(m.weight.numel() for m in stage.modules() if isinstance(m, nn.Conv2d)
-                      and m.kernel_size != (1, 1)) for stage in (net.stage1, net.stage2, net.stage3)]
+                      and m.kernel_size != (1, 1)) for stage in stages]
         assert bodies == [per_c2 * c * c for c in (32, 64, 128)]
     assert cs.SmallVGG(5)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
