@@ -304,6 +304,7 @@ def test_seed_out_of_range_is_one_line(script, seed, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["--epoch", "3"], "unrecognized arguments: --epoch 3"),  # a typo, not a prefix
     (["--epochs", "abc"], "--epochs: not a number: abc"),
     (["--lr", "nan"], "--lr: must be a positive number, got nan"),
     (["--lr", "0.1", "0.01", "--act", "relu", "tanh"], "only one option may take several"),
