@@ -444,7 +444,9 @@ def predict(args):
               "never seen a car, a cat or a person")
     for picture in args.predict or [None]:
         array, source = common.load_image(picture, args.data, args.data_dir, not args.no_download)
-        photo = common.load_image(picture, args.data, args.data_dir, not args.no_download, 256)[0]
+        # the picture at 256x256 for the figure; the lecture's car is 32x32 as it is
+        photo = array if source.startswith("CIFAR-10") else common.load_image(
+            picture, args.data, args.data_dir, not args.no_download, 256)[0]
         with torch.no_grad():
             probs = net.eval()(common.to_tensor(array)[None]).softmax(1)[0]
         top = ", ".join(f"{classes[i]} {100 * p:.1f}%" for p, i in zip(*probs.topk(3)))
