@@ -236,13 +236,13 @@ class GoogLeNet(nn.Module):
 
 class SmallInception(nn.Module):
     """The aux claim's net: the lecture's inception module (parallel 1x1, 3x3, 5x5 and pool
-    branches, concatenated) `depth` times at 16x16, 32 channels, after a 3x3 stem and a pool;
+    branches, concatenated) `depth` times at 8x8, 32 channels, after a 3x3 stem and a 4x4 pool;
     aux=True adds a side classifier (global average pool, linear) after module depth // 3;
     bn=False drops every BatchNorm and starts from He init."""
 
     def __init__(self, bn=True, aux=False, depth=8, num_classes=10):
         super().__init__()
-        self.stem = nn.Sequential(conv_bn(3, 32, 3, bn=bn), nn.MaxPool2d(2))
+        self.stem = nn.Sequential(conv_bn(3, 32, 3, bn=bn), nn.MaxPool2d(4))  # 8x8: CPU minutes
         self.modules_ = nn.ModuleList(Inception(32, 8, 8, 16, 4, 4, 4, bn=bn)  # -> 32
                                       for _ in range(depth))
         self.side_at = depth // 3 if aux else None  # GoogLeNet's first side head: 4a of 9
@@ -252,9 +252,9 @@ class SmallInception(nn.Module):
             he_init(self)
 
     def forward(self, x):                              # (B, 3, 32, 32)
-        x, side = self.stem(x), None                   # (B, 32, 16, 16)
+        x, side = self.stem(x), None                   # (B, 32, 8, 8)
         for i, module in enumerate(self.modules_, 1):
-            x = module(x)                              # (B, 32, 16, 16)
+            x = module(x)                              # (B, 32, 8, 8)
             if i == self.side_at and self.training:
                 side = self.side(x.mean((2, 3)))       # (B, 10)
         logits = self.head(x.mean((2, 3)))             # (B, 10)
@@ -872,7 +872,9 @@ CLAIMS = {
                dict(name="with batch norm, the side classifier makes no difference to the "
                          "final training error", metric="final training error (%)",
                     better="bn_aux", than="bn", same=True)],
-        budgets={"quick": (4000, 6), "full": (None, 30)},
+        # seeds 123/124 (2026-12-05): no BN 63.75, 63.79 vs 69.34, 72.19; BN 41.35, 43.83 vs
+        # 43.19, 44.24. At 16x16 and 4,000 images the no-BN nets stayed near 25% val
+        budgets={"quick": (8000, 6), "full": (None, 30)},
         changes="batch norm, the 2x2's other axis; late in a long run the side head acts as a "
                 "regulariser (Inception-v3), which minutes do not reach"),
     "3x3": dict(
