@@ -10,6 +10,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: one torch thread per worker (and
+    os.environ["OMP_NUM_THREADS"] = "1"    # for its scripts), or 2 cores spin against 4
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck"]
