@@ -208,19 +208,12 @@ def plot_confusion(matrix, classes, title="confusion matrix (test)"):
     return fig
 
 
-@torch.no_grad()
 def top_mistakes(net, images, labels, flip=False, amp_dtype=None, k=16):
     """The k wrongly classified images with the highest softmax probability, as (index,
     predicted class, probability), and how many images were wrong in all."""
     device = next(net.parameters()).device
-    net.eval()
-    probs = []
-    for x, _ in common.DeviceLoader(images, labels, 500, device):
-        with common.autocast(device, amp_dtype):
-            logits = net(x)
-            if flip:  # as test() measures: the logits of the image and its mirror, averaged
-                logits = (logits + net(x.flip(3))) / 2
-        probs.append(logits.float().softmax(1).cpu())
+    probs = [logits.softmax(1).cpu() for logits, _ in common.eval_logits(  # as test() sees
+        net, common.DeviceLoader(images, labels, 500, device), device, amp_dtype, flip)]
     confidence, predicted = torch.cat(probs).max(1)
     wrong = (predicted != labels).nonzero().flatten()
     top = wrong[confidence[wrong].argsort(descending=True)[:k]]

@@ -69,38 +69,33 @@ def train(net, loader, optimizer, criterion, device, scheduler=None, amp_dtype=N
     return loss_sum.item() / count, 100.0 * float(correct) / count
 
 
-@torch.no_grad()
-def validate(net, loader, criterion, device, amp_dtype=None, flip=False):
-    """Mean loss and accuracy in % without training. flip=True averages the logits of each
-    image and its mirror image (test-time augmentation)."""
-    device = torch.device(device)
+def eval_logits(net, loader, device, amp_dtype=None, flip=False):
+    """(logits, labels) of each batch in eval mode, without gradients. flip=True averages
+    the logits of each image and its mirror image (test-time augmentation)."""
     net.eval()
-    loss_sum, correct, count = torch.zeros((), device=device), 0, 0
     for inputs, labels in loader:
         inputs, labels = inputs.to(device), labels.to(device)
-        with autocast(device, amp_dtype):
+        with torch.no_grad(), autocast(device, amp_dtype):
             outputs = net(inputs)
             if flip:  # a mirrored cat is a cat: average the two views' logits
                 outputs = (outputs + net(inputs.flip(3))) / 2
-            loss = criterion(outputs, labels)
-        loss_sum += loss.float() * len(labels)
+        yield outputs.float(), labels
+
+
+def validate(net, loader, criterion, device, amp_dtype=None, flip=False):
+    """Mean loss and accuracy in % without training (flip: see eval_logits)."""
+    loss_sum, correct, count = torch.zeros((), device=device), 0, 0
+    for outputs, labels in eval_logits(net, loader, device, amp_dtype, flip):
+        loss_sum += criterion(outputs, labels) * len(labels)
         correct += (outputs.argmax(1) == labels).sum()
         count += len(labels)
     return loss_sum.item() / count, 100.0 * float(correct) / count
 
 
-@torch.no_grad()
 def test(net, loader, device, amp_dtype=None, flip=False):
     """Test accuracy in % and the confusion matrix counts[true, predicted], in one pass."""
-    device = torch.device(device)
-    net.eval()
     matrix = 0
-    for inputs, labels in loader:
-        inputs, labels = inputs.to(device), labels.to(device)
-        with autocast(device, amp_dtype):
-            outputs = net(inputs)
-            if flip:
-                outputs = (outputs + net(inputs.flip(3))) / 2
+    for outputs, labels in eval_logits(net, loader, device, amp_dtype, flip):
         n = outputs.shape[1]
         matrix = matrix + torch.bincount(labels * n + outputs.argmax(1),
                                          minlength=n * n).view(n, n).cpu()
