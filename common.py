@@ -339,23 +339,18 @@ class DeviceLoader:
         return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self):
-        n, plan = len(self.labels), None
-        if self.shuffle or self.augment:
-            columns = [torch.randperm(n, generator=self.generator) if self.shuffle
-                       else torch.arange(n)]
-            if self.augment:
-                dy, dx, flip = crop_flip_params(n, self.generator)
-                columns += [dy, dx, flip.long()]
-            plan = torch.stack(columns, 1).to(self.images.device)     # (N, 1 or 4)
+        n = len(self.labels)
+        columns = [torch.randperm(n, generator=self.generator) if self.shuffle
+                   else torch.arange(n)]
+        if self.augment:
+            dy, dx, flip = crop_flip_params(n, self.generator)
+            columns += [dy, dx, flip.long()]
+        plan = torch.stack(columns, 1).to(self.images.device)         # (N, 1 or 4)
         for start in range(0, n, self.batch_size):
-            end = start + self.batch_size
-            if plan is None:
-                x, y = self.images[start:end], self.labels[start:end]
-            else:
-                rows = plan[start:end]
-                x, y = self.images[rows[:, 0]], self.labels[rows[:, 0]]
-                if self.augment:
-                    x = augment(x, rows[:, 1], rows[:, 2], rows[:, 3].bool())
+            rows = plan[start:start + self.batch_size]
+            x, y = self.images[rows[:, 0]], self.labels[rows[:, 0]]
+            if self.augment:
+                x = augment(x, rows[:, 1], rows[:, 2], rows[:, 3].bool())
             x = normalize(x)
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last
                    else x), y
