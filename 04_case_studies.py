@@ -970,7 +970,7 @@ def measure_claim(name, args, device, precision):
     needed = {p[k] for p in parts + conditions for k in ("better", "than")
               if "fixed" not in p and not (quick and p.get("full_because"))}
     seeds, results = list(range(args.seed, args.seed + args.seeds)), {}
-    partition = common.load_data(args, limit) if needed else {"kind": None}  # aux: no data
+    partition = common.load_data(args, limit) if needed else {"kind": None}  # 3x3: no data
     folder = common.reserve(os.path.join(common.out_root(args.out_dir, partition),
                                          "04_case_studies", "claims", name))  # NAME.json beside
     print(textwrap.fill(f"claim {name}: {claim['paper']}", width=100))
