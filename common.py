@@ -442,8 +442,10 @@ def launch(main):
 @contextlib.contextmanager
 def process_state_kept():
     """Put back what a run sets for the whole process (stop signals, torch's determinism
-    flags) when it ends: a notebook, runpy or a test that runs a script keeps its own."""
+    flags, the CPU random generators) when it ends: a notebook, runpy or a test that runs a
+    script keeps its own."""
     handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    rng = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     flags = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     environ = dict(os.environ)
@@ -455,6 +457,9 @@ def process_state_kept():
                 signal.signal(sig, handler)
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.benchmark = flags[2]
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.random.set_rng_state(rng[2])
         os.environ.clear()
         os.environ.update(environ)
 

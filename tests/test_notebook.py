@@ -3,12 +3,14 @@ cell by cell as README's "In Colab or Jupyter" section shows, and a plain runpy 
 kernel starts without MPLBACKEND, so matplotlib is inline there as in a student's notebook."""
 import json
 import os
+import random
 import re
 import runpy
 import signal
 import socket
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,6 +125,11 @@ def test_runpy_leaves_backend_handlers_timeout_and_torch_flags_as_they_were(tmp_
         matplotlib.use(backend)
         before = (matplotlib.get_backend(), signal.getsignal(signal.SIGTERM),
                   socket.getdefaulttimeout(), torch.are_deterministic_algorithms_enabled())
+        seed = lambda: (torch.manual_seed(7), random.seed(7), np.random.seed(7))  # noqa: E731
+        draw = lambda: (torch.rand(3).tolist(), random.random(), np.random.rand())  # noqa: E731
+        seed()
+        expected = draw()  # the student's next draws, without any run
+        seed()
         for script, extra in (("01_convolution.py", []),
                               ("03_cnn_train.py", ["--epochs", "1", "--limit", "64",
                                                    "--deterministic"])):
@@ -134,6 +141,7 @@ def test_runpy_leaves_backend_handlers_timeout_and_torch_flags_as_they_were(tmp_
             assert (matplotlib.get_backend(), signal.getsignal(signal.SIGTERM),
                     socket.getdefaulttimeout(), torch.are_deterministic_algorithms_enabled()) \
                 == before == ("template", handler, None, False)
+        assert draw() == expected  # the runs seeded 123 and drew, then gave the state back
     finally:
         signal.signal(signal.SIGTERM, mine)
         matplotlib.use(old_backend)
