@@ -235,6 +235,8 @@ def test_small_inception_shapes_parameters_and_the_2x2():
                 out.shape == (4, 10)
             assert net.eval()(x).shape == (4, 10)  # no side head at test time
             assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == bn
+    stem = cs.SmallInception().eval().stem(torch.zeros(1, 3, 32, 32))  # the modules: 8x8
+    assert stem.shape == (1, 32, 8, 8) == net.modules_[0](stem).shape
     # per module: 1x1 8 + 1x1 8 -> 3x3 16 + 1x1 4 -> 5x5 4 + pool -> 1x1 4 = 32 channels
     module = (32 * 8 + 8) + (32 * 8 + 8) + (8 * 9 * 16 + 16) + (32 * 4 + 4) + \
         (4 * 25 * 4 + 4) + (32 * 4 + 4)
