@@ -828,8 +828,7 @@ CLAIMS = {
               "plain net has a higher training error than the 20-layer one; with shortcuts "
               "the deeper net trains and ends better (Table 6: ResNet-20 8.75%, ResNet-56 "
               "6.97% test error)",
-        runs={n: run(model_spec(n)[0], 0.1, 1e-4) for n in ("plain20", "plain56", "resnet20",
-                                                            "resnet56")},
+        runs={n: run(*model_spec(n)) for n in ("plain20", "plain56", "resnet20", "resnet56")},
         parts=[dict(name="deeper plain trains worse: plain-56 ends with a higher training "
                          "error than plain-20", metric="final training error (%)",
                     better="plain20", than="plain56", learned=("plain20",)),
@@ -883,7 +882,7 @@ CLAIMS = {
         paper="Simonyan and Zisserman 2015 (ICLR), sections 2.3 and 4.1: two 3x3 convs see "
               "what one 5x5 sees with 18C^2 instead of 25C^2 weights and one more ReLU; net "
               "B with each pair replaced by a 5x5 had 7% higher top-1 error on ImageNet",
-        runs={f"vgg{k}x{k}": run(SmallVGG, 0.1, 5e-4, kernel=k) for k in (3, 5)},
+        runs={n: run(*model_spec(n)) for n in ("vgg3x3", "vgg5x5")},  # MODELS' lr and l2
         parts=[dict(name="two 3x3 convs cost less than one 5x5", fixed=cost_3x3_vs_5x5),
                dict(name="two 3x3 convs reach a higher val accuracy than one 5x5",
                     metric="best val accuracy (%)", better="vgg3x3", than="vgg5x5",
