@@ -25,12 +25,8 @@ QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "128", "--no-downloa
 # ----------------------------------------------------------------------------- data
 
 def test_auto_falls_back_only_when_cifar_cannot_be_downloaded(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tv_utils
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(tv_utils, "download_url", offline)
+    monkeypatch.setattr(common, "CIFAR10_SOURCES", ["http://127.0.0.1:9/closed-port"])
+    monkeypatch.delenv("CIFAR10_URL", raising=False)
     lines = []
     root = tmp_path / "new"
     part = common.get_data("auto", str(root), download=True, limit=20, log=lines.append)
