@@ -694,24 +694,20 @@ def get_data(kind="auto", data_dir="./data", download=True, limit=None, log=prin
 
 
 def load_cifar10(data_dir, download=True):
-    """CIFAR-10 read by torchvision, which checks its md5 and unpacks it: {'train': (x, y),
-    'test': (x, y), 'classes'}, uint8 (N, 3, 32, 32), int64 labels. When it is not in data_dir,
-    download_cifar10 fetches the archive first. DataMissing when it is absent and cannot be
-    downloaded; DataError when it is there but cannot be read (then --data auto does not
-    fall back to the synthetic set)."""
+    """CIFAR-10 read by torchvision, which checks its md5 sums and unpacks the archive that
+    download_cifar10 fetches when it is absent: {'train': (x, y), 'test': (x, y), 'classes'},
+    uint8 (N, 3, 32, 32), int64 labels. DataMissing when it is absent and cannot be downloaded;
+    DataError when it is there but cannot be read (then --data auto does not fall back)."""
     from torchvision.datasets import CIFAR10, utils
 
     archive = os.path.join(data_dir, CIFAR10.filename)
-    hint = f"put {CIFAR10.filename} in {data_dir} (README: First run), give your course's " \
-           f"copy with --data-url URL, or use --data synthetic"
     if not os.path.isdir(os.path.join(data_dir, CIFAR10.base_folder)) \
             and not os.path.isfile(archive):
-        if not download:
-            raise DataMissing(f"CIFAR-10 is not in {data_dir} (--no-download); {hint}")
-        tried = download_cifar10(archive)
-        if tried:
-            raise DataMissing(f"CIFAR-10 is not in {data_dir} and could not be downloaded "
-                              f"(tried {'; '.join(tried)}); {hint}")
+        why = download_cifar10(archive) if download else "--no-download"
+        if why:
+            raise DataMissing(f"CIFAR-10 is not in {data_dir} ({why}); put {CIFAR10.filename} "
+                              f"there (README: First run), give your course's copy with "
+                              f"--data-url URL, or use --data synthetic")
     sets = {"kind": "cifar10"}
     try:  # an archive that is there but damaged is an error, whatever the network does
         if os.path.isfile(archive) and not utils.check_integrity(archive, CIFAR10.tgz_md5):
@@ -750,42 +746,39 @@ SLOW_AFTER_S, SLOW_LIMIT_S = 10, 180  # 10 s into a copy, > 3 min left at its sp
 
 def download_cifar10(path):
     """Fetch the archive to path from $CIFAR10_URL (--data-url: a course's copy), then from
-    CIFAR10_SOURCES, read now. The bytes go to path.part, resumed with an HTTP Range request,
-    and take the real name only once size, md5 and SHA-256 match. Returns [] when done, else
-    'host: why' for each copy tried."""
-    urls = [u for u in [os.environ.get("CIFAR10_URL")] if u] + list(CIFAR10_SOURCES)
-    part, tried = path + ".part", []
+    CIFAR10_SOURCES as it is now, through path.part; returns '' once size, md5 and SHA-256
+    match, else what each copy did."""
+    urls, tried = [u for u in [os.environ.get("CIFAR10_URL")] if u] + CIFAR10_SOURCES, []
     print(f"CIFAR-10: a one-time {CIFAR10_SIZE / 1e6:.0f} MB download to {path}, for the whole "
           f"course (to skip it: --data synthetic; 01 and 02 also --image PICTURE)", flush=True)
     for i, url in enumerate(urls):
         host = urllib.parse.urlsplit(url).hostname or url
         try:
-            fetch(url, part, host, keep=i == len(urls) - 1)
-            if file_digests(part) == (CIFAR10_SIZE, CIFAR10_MD5, CIFAR10_SHA256):
-                os.replace(part, path)
-                return []
-            os.remove(part)
+            fetch(url, path + ".part", host, keep=i == len(urls) - 1)
+            with open(path + ".part", "rb") as f:
+                data = f.read()  # 170 MB, read once for both hashes
+            if (len(data), hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest()) \
+                    == (CIFAR10_SIZE, CIFAR10_MD5, CIFAR10_SHA256):
+                return os.replace(path + ".part", path) or ""
+            os.remove(path + ".part")
             raise ValueError("not the CIFAR-10 archive (size or checksum)")
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
                 TimeoutError, ValueError) as err:  # ValueError: not a URL, too slow, wrong
             why = err.reason if type(err) is urllib.error.URLError else err
             tried.append(f"{host}: {str(why) or type(err).__name__}")
-            if i < len(urls) - 1:
-                print(f"  {tried[-1]}; trying the next copy", flush=True)
-    return tried
+            print(f"  {tried[-1]}" + "; trying the next copy" * (i < len(urls) - 1), flush=True)
+    return f"could not be downloaded: tried {'; '.join(tried)}"
 
 
 def fetch(url, part, host, keep):
-    """Append url's bytes to part from where it ends (a server that answers 200 to the Range
-    request starts over), with a line of progress; ValueError when the copy is too slow
-    (unless keep)."""
+    """Append url's bytes to part from where it ends (HTTP Range; a server that answers 200
+    starts over), with a line of progress; ValueError when the copy is too slow (unless keep)."""
     done = os.path.getsize(part) if os.path.isfile(part) else 0
     if done >= CIFAR10_SIZE:
         return  # whole (or too long): the checks decide
-    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"})
     with urllib.request.urlopen(request, timeout=30) as response:
-        if getattr(response, "status", None) != 206:
-            done = 0  # the server sends the whole file: start over
+        done = done if getattr(response, "status", None) == 206 else 0
         os.makedirs(os.path.dirname(part) or ".", exist_ok=True)
         with open(part, "ab" if done else "wb") as f:
             start = shown = time.perf_counter()
@@ -795,30 +788,19 @@ def fetch(url, part, host, keep):
                     f.write(chunk)
                     got, done, now = got + len(chunk), done + len(chunk), time.perf_counter()
                     speed = got / max(now - start, 1e-3)
-                    left = max(0, CIFAR10_SIZE - done) / speed
+                    left = max(0, CIFAR10_SIZE - done) / speed  # seconds
                     if not keep and now - start > SLOW_AFTER_S and left > SLOW_LIMIT_S:
                         raise ValueError(f"too slow ({speed / 1e3:.0f} kB/s)")
                     if now - shown >= (0.5 if tty else 10) or done >= CIFAR10_SIZE:
-                        shown, text = now, (f"  {host}: {done / 1e6:.1f} of {CIFAR10_SIZE / 1e6:.1f}"
-                                            f" MB, {speed / 1e6:.2f} MB/s, "
-                                            f"{datetime.timedelta(seconds=int(left))} left")
-                        print(f"\r{text:79s}" if tty else text, end="" if tty else "\n",
-                              flush=True)
+                        shown, mb = now, f"{done / 1e6:.1f} of {CIFAR10_SIZE / 1e6:.1f} MB"
+                        text = f"  {host}: {mb}, {speed / 1e6:.2f} MB/s, " \
+                               f"{datetime.timedelta(seconds=int(left))} left"
+                        print(f"\r{text:79s}" if tty else text, end="" if tty else "\n", flush=True)
             finally:
                 if tty and shown > start:
                     print(flush=True)  # ends the redrawn line
     if getattr(response, "length", None):  # bytes the server announced but did not send
         raise ConnectionError(f"connection closed {response.length / 1e6:.1f} MB short")
-
-
-def file_digests(path):
-    """(size, md5, SHA-256) of a file, read once."""
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return os.path.getsize(path), md5.hexdigest(), sha256.hexdigest()
 
 
 def make_synthetic(seed=0, n_train=50000, n_test=10000):

@@ -168,7 +168,7 @@ def test_no_copy_is_one_line_and_exit_2_naming_the_ways_out(serve, tmp_path, cap
     line = proc.stderr
     assert line.startswith("error: CIFAR-10 is not in") and "Traceback" not in line
     assert "127.0.0.1: Connection refused" in line or "127.0.0.1: [Errno 111]" in line
-    for way in ("put cifar-10-python.tar.gz in", "--data-url URL", "--data synthetic"):
+    for way in ("put cifar-10-python.tar.gz there", "--data-url URL", "--data synthetic"):
         assert way in line
     assert not (tmp_path / "data").exists()  # no data folder, no part
     assert os.listdir(tmp_path / "out") == []  # no run folder
