@@ -43,5 +43,5 @@ def test_the_same_headings_by_level_and_both_within_their_size():
     levels = [Counter(len(h) for h in re.findall(r"(?m)^(#+) ", read(name)))
               for name in ("README.md", "README.ko.md")]
     assert levels[0] == levels[1]
-    assert len(read("README.md").encode()) <= 16_000
+    assert len(read("README.md").encode()) <= 17_000
     assert len(read("README.ko.md").encode()) <= 24_000
