@@ -22,7 +22,12 @@ packages() {
   esac
 }
 
-python_of() { case "$1" in oldest) echo python3.9 ;; *) echo python3.13 ;; esac; }
+python_of() {  # python3.9 or python3.13 from PATH, or from pyenv when it has one
+  local v p
+  v=$(case "$1" in oldest) echo 3.9 ;; *) echo 3.13 ;; esac)
+  p=$(pyenv root 2>/dev/null)/versions/$(pyenv versions --bare 2>/dev/null | grep "^$v\." | tail -1)
+  if [ -x "$p/bin/python$v" ]; then echo "$p/bin/python$v"; else echo "python$v"; fi
+}
 
 build() {  # the environment of platform $1, made once; its key is what it installs
   local env="$cache/$1" want
