@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import matplotlib.pyplot as plt  # figures are plt.Figure objects: no backend, no global state
+import matplotlib.pyplot as plt  # sets no backend: pyplot picks one when a figure is made
 
 # The lecture's transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)): pixels to [-1, 1]
 MEAN, STD = 0.5, 0.5
@@ -214,8 +214,8 @@ def experiment(net, loaders, settings, device, log=print, amp_dtype=None, progre
 
 
 # ============================================================================ Plots
-# Each lays itself out and returns a plt.Figure that no backend holds: fig.savefig(...) saves
-# all of it, and a notebook cell that ends with the call shows it once.
+# Each lays itself out and returns a figure that pyplot does not hold (closed): fig.savefig(...)
+# saves all of it, and a notebook cell that ends with the call shows it once.
 
 def plot_loss_variation(result, title="loss"):
     """The lecture's loss figure: train vs val loss per epoch."""
@@ -239,7 +239,8 @@ def plot_acc_variation(result, title="accuracy"):
 
 def plot_train_val(result, key, ylabel, title):
     """result['train_' + key] and result['val_' + key] per epoch, counted from 1."""
-    fig = plt.Figure(figsize=(6.5, 4), layout="constrained")
+    fig = plt.figure(figsize=(6.5, 4), layout="constrained")
+    plt.close(fig)  # made by pyplot, so a notebook shows it when returned; closed: once
     ax = fig.subplots()
     n = len(result["train_" + key])
     ax.plot(range(1, n + 1), result["train_" + key], marker="o", ms=3,
@@ -258,7 +259,8 @@ def plot_train_val(result, key, ylabel, title):
 
 def imshow(img, title="", mean=0.5, std=0.5):
     """The lecture's imshow: a normalised (3, H, W) tensor shown as the picture it was."""
-    fig = plt.Figure(figsize=(3, 3), layout="constrained")
+    fig = plt.figure(figsize=(3, 3), layout="constrained")
+    plt.close(fig)  # as in plot_train_val
     ax = fig.subplots()
     ax.imshow((img.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
     ax.set_title(title)
@@ -875,7 +877,8 @@ class Parser(argparse.ArgumentParser):
                          allow_abbrev=False, **kwargs)  # --epoch is a typo, not --epochs
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2) from None  # unchained: IPython 7.34 cannot show a chained exit
 
 
 def number(cast, low=None, high=None, above=None, what=None):
@@ -1005,6 +1008,7 @@ def save_json(obj, path):
 def save_figure(fig, path, show=False):
     """Save a figure as PNG (whole file or nothing); a notebook also shows it inline, and
     show=True opens it in a window (blocking until it is closed)."""
+    drawable(fig)
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
     if in_notebook():
         from IPython.display import Image, display
@@ -1015,6 +1019,25 @@ def save_figure(fig, path, show=False):
         plt.show()
         plt.close(window)
     return path
+
+
+def drawable(fig):
+    """Text its font cannot draw (a Korean file name) gets an installed font that can, else a
+    '?' for each such character: a figure shows no empty boxes and warns of no missing glyph."""
+    from matplotlib import font_manager as fm, text
+
+    def has(path, chars):
+        return all(fm.get_font(path).get_char_index(ord(c)) for c in chars)
+
+    for t in fig.findobj(text.Text):
+        rare = {c for c in t.get_text() if c > "\x7f" and c.isprintable()}
+        missing = {c for c in rare if not has(fm.findfont(t.get_fontproperties()), c)}
+        fonts = [f.name for f in fm.fontManager.ttflist if missing and "Last Resort" not in
+                 f.name and has(f.fname, missing)]  # Last Resort: boxes that name the block
+        if fonts:
+            t.set_fontfamily([*t.get_fontfamily(), fonts[0]])
+        elif missing:
+            t.set_text("".join("?" if c in missing else c for c in t.get_text()))
 
 
 def in_notebook():

@@ -5,7 +5,8 @@
 #   colab   Colab's published runtime (googlecolab/backend-info, 2026-08), on Python 3.13
 #   newest  what `pip install -r requirements.txt` resolves to today, on Python 3.13
 # One summary line per platform; exit 1 if any fails. Torch wheels are several GB each: pip's
-# cache keeps them. PIP_CONSTRAINT= lifts a machine's pip cap for these installs only.
+# cache keeps them. PIP_CONSTRAINT=/dev/null lifts a machine's pip cap (a constraint file in pip's
+# configuration) for these installs only; an empty PIP_CONSTRAINT= does not.
 #   bash tests/platforms.sh [oldest colab newest]    PLATFORMS_CACHE=DIR to move the cache
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,12 +32,12 @@ python_of() {  # python3.9 or python3.13 from PATH, or from pyenv when it has on
 
 build() {  # the environment of platform $1, made once; its key is what it installs
   local env="$cache/$1" want
-  want="$(python_of "$1") $(packages "$1" | tr '\n' ' ') $extras"
+  want="$(python_of "$1") $(packages "$1" | tr '\n' ' ') $extras uncapped"
   [ "$1" = newest ] && want="$want $(date +%Y-%m)"  # "today": rebuilt once a month
   if [ "$(cat "$env/.want" 2>/dev/null)" != "$want" ]; then
     rm -rf "$env" && "$(python_of "$1")" -m venv "$env" || return 1
     # shellcheck disable=SC2046
-    PIP_CONSTRAINT= "$env/bin/python" -m pip install -q --disable-pip-version-check \
+    PIP_CONSTRAINT=/dev/null "$env/bin/python" -m pip install -q --disable-pip-version-check \
       $(packages "$1") $extras >"$env.log" 2>&1 || { echo "pip failed: $env.log"; return 1; }
     echo "$want" >"$env/.want"
   fi

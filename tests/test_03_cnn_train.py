@@ -1,9 +1,10 @@
 """03_cnn_train.py: options, outputs, failures, as a student runs it."""
 import json
+import os
 
 import pytest
 
-from conftest import load_script, run_main, run_script
+from conftest import ROOT, load_script, run_main, run_script
 
 cnn_train = load_script("03_cnn_train.py")
 QUICK = ("--data", "synthetic", "--epochs", "1", "--limit", "128", "--no-download")
@@ -136,3 +137,16 @@ def test_a_sweep_goes_on_after_a_diverged_run_and_exits_3(tmp_path, capsys):
     statuses = [json.loads((sweep / f"lr{lr}" / "result.json").read_text())["status"]
                 for lr in ("1e+12", "0.01")]
     assert statuses == ["diverged", "completed"]
+
+
+def test_readmes_notebook_cell_trains_with_03s_defaults():
+    import ast
+    import re
+
+    text = open(os.path.join(ROOT, "README.md")).read()
+    cell = text.split("## In Colab or Jupyter")[1].split("\n## ")[0]
+    recipe = ast.literal_eval(re.search(r"recipe = (\{.*?\})", cell, re.S).group(1))
+    args = cnn_train.parse_args([])
+    assert recipe == dict(lr=args.lr[0], epochs=2, momentum=args.momentum, l2=args.l2[0],
+                          schedule=args.schedule, clip_grad=args.clip_grad, flip=args.flip)
+    assert "augment=True" in cell and args.augment and args.optim == ["SGD"]

@@ -84,3 +84,24 @@ def test_predict_without_a_model_or_with_a_bad_picture_is_one_line(case, trained
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert {"no run": "no trained model under", "no model": "no model.pt there",
             "bad picture": "cannot read the picture"}[case] in proc.stderr
+
+
+def test_a_korean_file_name_is_drawn_without_missing_glyphs(trained, tmp_path, monkeypatch,
+                                                           capsys, recwarn):
+    from matplotlib import font_manager as fm
+    from PIL import Image
+
+    out, folder = trained
+    picture = tmp_path / "고양이.png"
+    Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(picture)
+    figures, save = [], common.save_figure
+    monkeypatch.setattr(common, "save_figure", lambda fig, *a: figures.append(fig) or
+                        save(fig, *a))
+    proc = run_main(cnn_train, ["--predict", str(picture), "--out-dir", str(out)], capsys)
+    assert proc.returncode == 0 and "고양이.png" in proc.stdout  # the terminal keeps the name
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+    title = figures[0]._suptitle
+    fonts = [fm.get_font(fm.findfont(fm.FontProperties(family=[f])))
+             for f in title.get_fontfamily() if "Last Resort" not in f]  # a box per block
+    assert all(any(f.get_char_index(ord(c)) for f in fonts) for c in title.get_text())
+    assert (folder / "predict_고양이.png").exists()

@@ -338,7 +338,7 @@ def test_04_out_of_memory_keeps_the_finished_models(tmp_path, monkeypatch, capsy
 
     def resnet_fails(net, *args, **kwargs):
         if isinstance(net, cs.ResNet):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return real(net, *args, **kwargs)
 
     monkeypatch.setattr(common, "train", resnet_fails)
