@@ -427,10 +427,15 @@ def predict(args):
     if not os.path.isfile(path):
         raise common.UsageError(f"--run {folder}: no model.pt there; give a folder of a "
                                 f"03_cnn_train.py run")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    net = CNN(saved["num_classes"], "pytorch", saved["act"])
-    net.load_state_dict(saved["state_dict"])
-    tag, classes = common.data_tag(saved["data"]), saved["classes"]
+    try:  # text, empty, cut short, another net's or program's file: one kind of fault
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net = CNN(saved["num_classes"], "pytorch", saved["act"])
+        net.load_state_dict(saved["state_dict"])
+        tag, classes = common.data_tag(saved["data"]), saved["classes"]
+    except Exception as err:
+        raise common.UsageError(f"{path} is not a model.pt of this CNN, or is damaged "
+                                f"({common.short_error(err)}); train again (python "
+                                f"03_cnn_train.py --epochs 10) or give --run FOLDER") from None
     print(f"model: {path} (trained on {saved['data']}, test acc {saved['test_acc']}%){tag}")
     if saved["data"] == "synthetic":
         print("[SYNTHETIC DATA] this net learned 10 random patterns, not CIFAR-10: it has "

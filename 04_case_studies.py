@@ -952,10 +952,14 @@ def claim_verdict(parts):
     counted = [p["verdict"] for p in parts if not p.get("skipped")]
     verdict = ("inconclusive" if not counted else "contradicted" if "contradicted" in counted
                else "holds" if set(counted) == {"holds"} else "inconclusive")
+    def named(ids):  # "part 1", "parts 2 and 3"
+        return f"part {ids[0]}" if len(ids) == 1 else f"parts {', '.join(ids[:-1])} and {ids[-1]}"
+
     skipped = [str(i) for i, p in enumerate(parts, 1) if p.get("skipped")]
     tested = [str(i) for i, p in enumerate(parts, 1) if not p.get("skipped")]
-    which = f"for part {', '.join(tested)}" if tested else "nothing tested"
-    return verdict, which + (f"; part {', '.join(skipped)} needs --budget full" if skipped else "")
+    which = f"for {named(tested)}" if tested else "nothing tested"
+    return verdict, which + (f"; {named(skipped)} need{'s' * (len(skipped) == 1)} --budget full"
+                             if skipped else "")
 
 
 def measure_claim(name, args, device, precision):
@@ -1005,8 +1009,7 @@ def measure_claim(name, args, device, precision):
     print(wrap(f"verdict: {verdict} {which} ({minutes:.1f} min, {len(seeds)} seeds, {budget} "
                f"budget: {limit or 'all'} images, {common.epochs_text(epochs)})"
                f"{common.data_tag(kind)}"))
-    common.save_json({"claim": name, "paper": claim["paper"], "verdict": verdict,
-                      "verdict_parts": which,
+    common.save_json({"claim": name, "paper": claim["paper"], "verdict": f"{verdict} {which}",
                       "parts": decided, "conditions": beside, "seeds": seeds,
                       "what_changes_this_verdict": claim["changes"], "minutes": round(minutes, 1),
                       "settings": {"budget": budget, "limit": limit, "epochs": epochs,

@@ -105,3 +105,29 @@ def test_a_korean_file_name_is_drawn_without_missing_glyphs(trained, tmp_path, m
              for f in title.get_fontfamily() if "Last Resort" not in f]  # a box per block
     assert all(any(f.get_char_index(ord(c)) for f in fonts) for c in title.get_text())
     assert (folder / "predict_고양이.png").exists()
+
+
+@pytest.mark.parametrize("damage", ["text", "empty", "truncated", "other net", "bare weights",
+                                    "unknown activation", "other classes", "pickled object"])
+def test_a_damaged_or_foreign_model_pt_is_one_line_and_exit_2(damage, trained, tmp_path,
+                                                              capsys):
+    _, folder = trained
+    good = (folder / "model.pt").read_bytes()
+    saved = torch.load(folder / "model.pt", weights_only=True)
+    path = tmp_path / "model.pt"
+    if damage in ("text", "empty", "truncated"):
+        path.write_bytes({"text": b"not a model\n", "empty": b"",
+                          "truncated": good[:len(good) // 2]}[damage])
+    else:
+        changed = {"other net": dict(saved, state_dict=torch.nn.Linear(2, 2).state_dict()),
+                   "bare weights": saved["state_dict"],
+                   "unknown activation": dict(saved, act="gelu"),
+                   "other classes": dict(saved, num_classes=7),
+                   "pickled object": dict(saved, extra=io.StringIO())}[damage]
+        torch.save(changed, path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_main(cnn_train, ["--predict", "--run", str(tmp_path)], capsys)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {path} is not a model.pt of this CNN, or is damaged")
+    assert "Traceback" not in proc.stderr and "--run FOLDER" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
