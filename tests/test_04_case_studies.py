@@ -257,7 +257,8 @@ def test_a_part_only_the_full_budget_can_power_trains_nothing_at_quick(tmp_path,
     folder = tmp_path / "04_case_studies" / "claims"
     record = json.loads((folder / "3x3.json").read_text())
     assert [p["verdict"] for p in record["parts"]] == ["holds", "inconclusive"]
-    assert "--budget full" in record["parts"][1]["reason"] and record["verdict"] == "holds"
+    assert "--budget full" in record["parts"][1]["reason"] and record["verdict"] == \
+        "holds for part 1; part 2 needs --budget full"  # the file says what the line says
     assert "verdict: holds for part 1; part 2 needs --budget full (" in capsys.readouterr().out
     assert (folder / "3x3.png").stat().st_size > 0 and not (folder / "3x3").exists()
     degradation = cs.CLAIMS["degradation"]["parts"]
