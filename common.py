@@ -1032,11 +1032,13 @@ def drawable(fig):
     for t in fig.findobj(text.Text):
         rare = {c for c in t.get_text() if c > "\x7f" and c.isprintable()}
         missing = {c for c in rare if not has(fm.findfont(t.get_fontproperties()), c)}
-        fonts = [f.name for f in fm.fontManager.ttflist if missing and "Last Resort" not in
-                 f.name and has(f.fname, missing)]  # Last Resort: boxes that name the block
-        if fonts:
-            t.set_fontfamily([*t.get_fontfamily(), fonts[0]])
-        elif missing:
+        if not missing:
+            continue
+        font = next((f.name for f in fm.fontManager.ttflist if "Last Resort" not in f.name
+                     and has(f.fname, missing)), None)  # Last Resort: boxes naming the block
+        if font:
+            t.set_fontfamily([*t.get_fontfamily(), font])
+        else:
             t.set_text("".join("?" if c in missing else c for c in t.get_text()))
 
 
