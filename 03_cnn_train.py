@@ -9,6 +9,7 @@
 Everything a run makes goes to a new folder runs/<exp-name>/ (see README).
 """
 import argparse
+import contextlib
 import glob
 import os
 
@@ -161,27 +162,26 @@ def save_cnn_figures(net, result, folder, partition, run, args):
     common.write_atomic(os.path.join(folder, "model.pt"), lambda f: torch.save(dict(
         state_dict=state, act=run["act"], init=run["init"], num_classes=len(partition["classes"]),
         classes=partition["classes"], data=partition["kind"], mean=common.MEAN, std=common.STD,
-        test_acc=result["test_acc"], flip=args.flip), f), mode="wb")
-    if result["test_confusion"] is not None:
+        test_acc=result["test_acc"], flip=args.flip, status=result["status"], limit=args.limit),
+        f), mode="wb")
+    dtype, (x, y) = common.AMP_DTYPES[run["precision"]], partition["test"]
+    if result["test_acc"] is not None:  # a run stopped before its test makes no test figure
         common.save_figure(plot_confusion(result["test_confusion"], partition["classes"],
                                           f"{name}: confusion matrix (test){tag}"),
                            os.path.join(folder, "confusion.png"), args.show)
+        found, wrong = top_mistakes(net, x, y, args.flip, dtype)
+        common.save_figure(plot_mistakes(x, y, found, partition["classes"], f"{name}: the "
+                                         f"{len(found)} test images it got wrong most surely "
+                                         f"({wrong} of {len(y)} wrong){tag}"),
+                           os.path.join(folder, "mistakes.png"), args.show)
     common.set_seed(run["seed"])  # the same seed rebuilds the weights the run started from
     start = CNN(len(partition["classes"]), args.init, run["act"]).conv1_1.weight
     common.save_figure(plot_filters(net.conv1_1.weight, start, f"{name}: conv1_1 filters after "
                                     f"{common.epochs_text(len(result['train_accs']))}{tag}"),
                        os.path.join(folder, "filters.png"), args.show)
     if result["train_losses"] and all(torch.isfinite(p).all() for p in net.parameters()):
-        dtype = common.AMP_DTYPES[run["precision"]]
-        x, y = partition["test"]
-        found, wrong = top_mistakes(net, x, y, args.flip, dtype)
-        common.save_figure(plot_mistakes(x, y, found, partition["classes"], f"{name}: the "
-                                         f"{len(found)} test images it got wrong most surely "
-                                         f"({wrong} of {len(y)} wrong){tag}"),
-                           os.path.join(folder, "mistakes.png"), args.show)
-        x_test = partition["test"][0][0]
-        maps = stage_maps(net, common.normalize(x_test[None])[0], dtype)
-        common.save_figure(plot_features(x_test, maps, f"{name}: test image 0 through the "
+        maps = stage_maps(net, common.normalize(x[:1])[0], dtype)
+        common.save_figure(plot_features(x[0], maps, f"{name}: test image 0 through the "
                                          f"three stages{tag}"),
                            os.path.join(folder, "features.png"), args.show)
         val = common.DeviceLoader(*partition["val"], args.test_batch_size, net.fc.weight.device)
@@ -416,13 +416,14 @@ def plot_features(image, maps, title=""):
 # ----------------------------------------------------------------------------- your own picture
 
 def predict(args):
-    """--predict: the trained CNN of a run (the newest under --out-dir, or --run) on pictures
+    """--predict: the trained CNN of a run (--run's, else find_runs' first) on pictures
     prepared as 01 prepares --image; prints the top 3 classes, saves predict_<name>.png."""
-    runs = glob.glob(os.path.join(glob.escape(args.out_dir), "**", "model.pt"), recursive=True)
+    data = "synthetic" if args.data == "synthetic" else "cifar10"
+    runs = find_runs(args.out_dir, data)
     if not (args.run or runs):
         raise common.UsageError(f"no trained model under {args.out_dir}/: train one first "
                                 f"(python 03_cnn_train.py --epochs 10), or give --run FOLDER")
-    folder = args.run or os.path.dirname(max(runs, key=os.path.getmtime))
+    rank, folder, _ = (None, args.run, None) if args.run else max(runs)
     path = os.path.join(folder, "model.pt")
     if not os.path.isfile(path):
         raise common.UsageError(f"--run {folder}: no model.pt there; give a folder of a "
@@ -431,18 +432,30 @@ def predict(args):
         saved = torch.load(path, map_location="cpu", weights_only=True)
         net = CNN(saved["num_classes"], "pytorch", saved["act"])
         net.load_state_dict(saved["state_dict"])
-        tag, classes = common.data_tag(saved["data"]), saved["classes"]
+        tag, classes, acc = common.data_tag(saved["data"]), saved["classes"], saved["test_acc"]
     except Exception as err:
         raise common.UsageError(f"{path} is not a model.pt of this CNN, or is damaged "
                                 f"({common.short_error(err)}); train again (python "
                                 f"03_cnn_train.py --epochs 10) or give --run FOLDER") from None
-    print(f"model: {path} (trained on {saved['data']}, test acc {saved['test_acc']}%){tag}")
+    name = "CIFAR-10" if data == "cifar10" else "synthetic"
+    why = "given by --run" if rank is None else f"the newest run completed on all {name} " \
+        "training images" if all(rank[:3]) else f"none here completed on all {name} training " \
+        "images: the newest"
+    tested = f"test acc {acc}%" if acc is not None else f"not tested: run {saved.get('status')}"
+    print(f"model: {path}, {why} (trained on {saved['data']}, {tested}){tag}")
+    best = max(((a, f) for r, f, a in runs if r[0] and a is not None), default=(0, None))
+    if acc is None or acc < 50:  # the lecture's CNN reaches ~80% in 40 epochs
+        weak = "untested" if acc is None else f"weak (chance is {100 / len(classes):g}%)"
+        print(f"warning: this net is {weak}; " + (f"{best[1]} has test acc {best[0]}%: "
+                                                   f"--run {best[1]}" if best[0] > (acc or 0)
+                                                   else "train it longer"))
     if saved["data"] == "synthetic":
         print("[SYNTHETIC DATA] this net learned 10 random patterns, not CIFAR-10: it has "
               "never seen a car, a cat or a person")
     for picture in args.predict or [None]:
-        array, source = common.load_image(picture, args.data, args.data_dir, not args.no_download)
-        # the picture at 256x256 for the figure; the lecture's car is 32x32 as it is
+        array, source = common.load_image(picture, args.data, args.data_dir,
+                                          not args.no_download, split="test")
+        # the picture at 256x256 for the figure; a CIFAR-10 car is 32x32 as it is
         photo = array if source.startswith("CIFAR-10") else common.load_image(
             picture, args.data, args.data_dir, not args.no_download, 256)[0]
         with torch.no_grad():
@@ -456,6 +469,20 @@ def predict(args):
                            os.path.join(folder, f"predict_{name}.png"), args.show)
     print(f"saved in {folder}/")
     return 0
+
+
+def find_runs(out_dir, data):
+    """(rank, folder, test acc) of each run under out_dir whose model.pt loads. The highest rank
+    is what a student means by "my trained CNN": the newest run on `data` (CIFAR-10 or
+    synthetic) that completed on all its images (no --limit), else the nearest to that."""
+    runs = []
+    for path in glob.glob(os.path.join(glob.escape(out_dir), "**", "model.pt"), recursive=True):
+        with contextlib.suppress(Exception):  # a damaged file is no candidate
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            runs.append(((saved["data"] == data, saved.get(
+                "status", "completed") == "completed", saved.get("limit") is None,
+                os.path.getmtime(path)), os.path.dirname(path), saved["test_acc"]))
+    return runs
 
 
 def plot_prediction(photo, array, probs, classes, title=""):

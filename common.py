@@ -633,33 +633,39 @@ def print_table(rows, columns, tag=""):
 
 
 class Progress:
-    """How far a run is and the time left: one line redrawn on a terminal; into a file, a pipe
-    or a notebook a plain line 3 s into the run, then once a minute."""
+    """One line of progress, redrawn in place on a terminal (every 0.5 s); into a file, a pipe
+    or a notebook, a plain line `first` s in, then every `every` s. As experiment's progress=
+    (loader, epoch): the batch and the time left of an `epochs`-epoch run."""
 
-    def __init__(self, epochs):
-        self.epochs, self.start, self.wait = epochs, time.perf_counter(), 3
+    def __init__(self, epochs=None, first=3, every=60):
         self.tty = sys.stdout is not None and sys.stdout.isatty()
+        self.epochs, self.start = epochs, time.perf_counter()
+        self.shown, self.wait, self.every = self.start, first, 0.5 if self.tty else every
+        self.drawn = False
+
+    def show(self, text, force=False):
+        now = time.perf_counter()
+        if force or now - self.shown >= self.wait:
+            self.shown, self.wait, self.drawn = now, self.every, True
+            print(f"\r{text:79s}" if self.tty else text, end="" if self.tty else "\n", flush=True)
 
     def __call__(self, loader, epoch):
-        last = epoch_start = time.perf_counter()
+        epoch_start = self.shown = time.perf_counter()  # a plain line `every` s into an epoch
         per_epoch = (epoch_start - self.start) / (epoch - 1) if epoch > 1 else None  # val too
         for batch, item in enumerate(loader, 1):
             yield item
-            now, n = time.perf_counter(), len(loader)
-            if (now - last < self.wait and batch < n) or (batch == n and not self.tty):
-                continue  # into a pipe, the epoch's own line follows at once
-            last, self.wait = now, 0.5 if self.tty else 60
+            n, spent = len(loader), time.perf_counter() - epoch_start
             left = "time left: known after epoch 1" if per_epoch is None else "run ~%s left" % \
                 datetime.timedelta(seconds=int(max(0, per_epoch * (self.epochs - epoch + 1)
-                                                   - (now - epoch_start))))
-            text = f"  epoch {epoch}/{self.epochs}: batch {batch}/{n}, " \
-                   f"{datetime.timedelta(seconds=int(now - epoch_start))} spent, {left}"
-            print(f"\r{text:79s}" if self.tty else text, end="" if self.tty else "\n", flush=True)
+                                                   - spent)))
+            if batch < n or self.tty:  # into a pipe, the epoch's own line follows at once
+                self.show(f"  epoch {epoch}/{self.epochs}: batch {batch}/{n}, "
+                          f"{datetime.timedelta(seconds=int(spent))} spent, {left}", batch == n)
 
-    def clear(self, text=None):
-        """Wipe the redrawn line (then print text): experiment's log."""
-        if self.tty:
-            print("\r" + " " * 79 + "\r", end="", flush=True)
+    def clear(self, text=None, keep=False):
+        """End the redrawn line: wipe it (then print text: experiment's log) or keep it."""
+        if self.tty and self.drawn:
+            print("\n" if keep else "\r" + " " * 79 + "\r", end="", flush=True)
         if text is not None:
             print(text)
 
@@ -783,8 +789,7 @@ def fetch(url, part, host, keep):
         done = done if getattr(response, "status", None) == 206 else 0
         os.makedirs(os.path.dirname(part) or ".", exist_ok=True)
         with open(part, "ab" if done else "wb") as f:
-            start = shown = time.perf_counter()
-            tty, got = sys.stdout is not None and sys.stdout.isatty(), 0
+            start, got, line = time.perf_counter(), 0, Progress(first=3, every=10)
             try:
                 while chunk := response.read1(1 << 16):  # what has come, at most 64 kB
                     f.write(chunk)
@@ -793,14 +798,11 @@ def fetch(url, part, host, keep):
                     left = max(0, CIFAR10_SIZE - done) / speed  # seconds
                     if not keep and now - start > SLOW_AFTER_S and left > SLOW_LIMIT_S:
                         raise ValueError(f"too slow ({speed / 1e3:.0f} kB/s)")
-                    if now - shown >= (0.5 if tty else 10) or done >= CIFAR10_SIZE:
-                        shown, mb = now, f"{done / 1e6:.1f} of {CIFAR10_SIZE / 1e6:.1f} MB"
-                        text = f"  {host}: {mb}, {speed / 1e6:.2f} MB/s, " \
-                               f"{datetime.timedelta(seconds=int(left))} left"
-                        print(f"\r{text:79s}" if tty else text, end="" if tty else "\n", flush=True)
+                    line.show(f"  {host}: {done / 1e6:.1f} of {CIFAR10_SIZE / 1e6:.1f} MB, "
+                              f"{speed / 1e6:.2f} MB/s, {datetime.timedelta(seconds=int(left))} "
+                              f"left", force=done >= CIFAR10_SIZE)
             finally:
-                if tty and shown > start:
-                    print(flush=True)  # ends the redrawn line
+                line.clear(keep=True)
     if getattr(response, "length", None):  # bytes the server announced but did not send
         raise ConnectionError(f"connection closed {response.length / 1e6:.1f} MB short")
 
@@ -827,19 +829,22 @@ def make_synthetic(seed=0, n_train=50000, n_test=10000):
             "classes": [f"pattern {c}" for c in range(10)]}
 
 
-def load_image(path=None, data="auto", data_dir="./data", download=True, size=32):
+def load_image(path=None, data="auto", data_dir="./data", download=True, size=32, split="train"):
     """One RGB picture, centre-cropped square and resized, as a uint8 array (size, size, 3)
-    and a line saying what it is: the file at path, else CIFAR-10 train image 4 (the
-    lecture's car), else matplotlib's sample photo of Grace Hopper (no network needed)."""
+    and a line saying what it is: the file at path, else CIFAR-10 train image 4 (the lecture's
+    car; split='test': the first test car, which no run trained on), else matplotlib's sample
+    photo of Grace Hopper (no network needed)."""
     from PIL import Image
     import matplotlib.cbook as cbook
 
     if path is None and data != "synthetic":
         try:
             sets = load_cifar10(data_dir, download)
-            x, y = sets["train"]
-            return x[4].permute(1, 2, 0).numpy(), (f"CIFAR-10 train image 4 (class "
-                                                   f"{sets['classes'][y[4]]}), as in the lecture")
+            (x, y), car = sets[split], sets["classes"].index("automobile")
+            i, why = (4, "as in the lecture") if split == "train" else (
+                int((y == car).nonzero()[0]), "the first test car, never trained on")
+            return x[i].permute(1, 2, 0).numpy(), (f"CIFAR-10 {split} image {i} (class "
+                                                   f"{sets['classes'][y[i]]}), {why}")
         except DataMissing:
             if data == "cifar10":
                 raise
