@@ -437,12 +437,13 @@ def predict(args):
         raise common.UsageError(f"{path} is not a model.pt of this CNN, or is damaged "
                                 f"({common.short_error(err)}); train again (python "
                                 f"03_cnn_train.py --epochs 10) or give --run FOLDER") from None
-    name = "CIFAR-10" if data == "cifar10" else "synthetic"
-    why = "given by --run" if rank is None else f"the newest run completed on all {name} " \
-        "training images" if all(rank[:3]) else f"none here completed on all {name} training " \
-        "images: the newest"
+    name, limit = "CIFAR-10" if data == "cifar10" else "synthetic", saved.get("limit")
+    why = "given by --run" if rank is None else f"the newest run that completed on all {name} " \
+        "training images" if all(rank[:3]) else f"no run here completed on all {name} training " \
+        "images: the nearest"
     tested = f"test acc {acc}%" if acc is not None else f"not tested: run {saved.get('status')}"
-    print(f"model: {path}, {why} (trained on {saved['data']}, {tested}){tag}")
+    limit = f" --limit {limit}" if limit else ""
+    print(f"model: {path}, {why} (trained on {saved['data']}{limit}, {tested}){tag}")
     best = max(((a, f) for r, f, a in runs if r[0] and a is not None), default=(0, None))
     if acc is None or acc < 50:  # the lecture's CNN reaches ~80% in 40 epochs
         weak = "untested" if acc is None else f"weak (chance is {100 / len(classes):g}%)"

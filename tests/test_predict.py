@@ -1,13 +1,14 @@
 """03 --predict: the trained CNN on a picture of your own, and its most confident mistakes."""
 import contextlib
 import io
+import os
 
 import numpy as np
 import pytest
 import torch
 
 import common
-from conftest import load_script, run_main
+from conftest import CLASSES, load_script, run_main
 
 cnn_train = load_script("03_cnn_train.py")
 QUICK = ["--data", "synthetic", "--epochs", "1", "--limit", "256", "--no-download"]
@@ -131,3 +132,61 @@ def test_a_damaged_or_foreign_model_pt_is_one_line_and_exit_2(damage, trained, t
     assert proc.stderr.startswith(f"error: {path} is not a model.pt of this CNN, or is damaged")
     assert "Traceback" not in proc.stderr and "--run FOLDER" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_the_default_picture_is_the_first_test_car_which_no_run_trained_on(trained, tiny_cifar,
+                                                                          monkeypatch, capsys):
+    _, folder = trained
+    root, _, (test_rows, test_labels) = tiny_cifar
+    i = test_labels.index(CLASSES.index("automobile"))
+    seen, forward = [], cnn_train.CNN.forward
+    monkeypatch.setattr(cnn_train.CNN, "forward", lambda self, x: seen.append(x) or
+                        forward(self, x))
+    proc = run_main(cnn_train, ["--predict", "--run", str(folder), "--data-dir", root,
+                                "--no-download"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert f"CIFAR-10 test image {i} (class automobile), the first test car, never trained " \
+           "on" in proc.stdout
+    image = test_rows[i].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert torch.equal(seen[0][0], common.to_tensor(image))
+
+
+def test_predict_takes_the_newest_completed_full_run_and_says_which_and_why(trained, tmp_path,
+                                                                           capsys):
+    """A quick --limit run, a stopped run, a damaged file and a CIFAR-10 run, all newer than
+    the one full completed synthetic run: --predict --data synthetic takes that one."""
+    _, folder = trained
+    saved = torch.load(folder / "model.pt", weights_only=True)
+    runs = {"full": dict(limit=None, test_acc=61.0), "mid": dict(limit=500, test_acc=40.0),
+            "quick": dict(limit=2000, test_acc=15.0),
+            "stopped": dict(limit=None, test_acc=None, status="interrupted"),
+            "broken": None, "cifar": dict(limit=None, test_acc=80.0, data="cifar10")}
+    for age, (name, change) in enumerate(runs.items()):
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "model.pt"
+        if change is None:
+            path.write_text("not a model")
+        else:
+            torch.save({**saved, "status": "completed", **change}, path)
+        os.utime(path, (1e9 + age, 1e9 + age))  # later in the list: newer
+
+    def model_lines(*argv):
+        proc = run_main(cnn_train, ["--predict", "--data", "synthetic", "--out-dir",
+                                    str(tmp_path), *argv], capsys)
+        assert proc.returncode == 0, proc.stderr
+        return [l for l in proc.stdout.splitlines() if l.startswith(("model:", "warning:"))]
+
+    full = tmp_path / "full" / "model.pt"
+    assert model_lines() == [f"model: {full}, the newest run that completed on all synthetic "
+                             "training images (trained on synthetic, test acc 61.0%) "
+                             "[SYNTHETIC DATA]"]
+    full.unlink()  # then only the nearest: a completed --limit run, the newest of them
+    assert model_lines() == [
+        f"model: {tmp_path / 'quick' / 'model.pt'}, no run here completed on all synthetic "
+        "training images: the nearest (trained on synthetic --limit 2000, test acc 15.0%) "
+        "[SYNTHETIC DATA]", f"warning: this net is weak (chance is 10%); {tmp_path / 'mid'} "
+        f"has test acc 40.0%: --run {tmp_path / 'mid'}"]
+    lines = model_lines("--run", str(tmp_path / "stopped"))
+    assert "given by --run (trained on synthetic, not tested: run interrupted)" in lines[0]
+    assert lines[1] == f"warning: this net is untested; {tmp_path / 'mid'} has test acc " \
+                       f"40.0%: --run {tmp_path / 'mid'}"

@@ -263,6 +263,11 @@ def test_ctrl_c_sigterm_and_sighup_save_the_finished_epochs_and_exit_130(tmp_pat
         record = json.loads((tmp_path / sig.name / "synthetic" / "cnn" / "result.json").read_text())
         assert record["status"] == "interrupted"
         assert len(record["result"]["train_losses"]) >= 2  # no finished epoch is lost
+        folder = tmp_path / sig.name / "synthetic" / "cnn"  # untested: no test figure says else
+        assert record["result"]["test_acc"] is None and (folder / "accuracy.png").exists()
+        assert not {"confusion.png", "mistakes.png"} & {p.name for p in folder.iterdir()}
+        saved = torch.load(folder / "model.pt", weights_only=True)
+        assert (saved["test_acc"], saved["status"]) == (None, "interrupted")
 
 
 def test_a_reader_that_goes_away_keeps_the_finished_epochs_and_a_closed_stdout_runs(tmp_path):
