@@ -540,8 +540,8 @@ def build_parser():
     common.add_data_args(p)
     out = common.add_output_args(p, default_name="cnn")
     out.add_argument("--predict", nargs="*", metavar="PICTURE",
-                     help="train nothing: the newest run's CNN (or --run's) on these pictures "
-                          "(none: the lecture's car)")
+                     help="train nothing: the CNN of --run, else of the newest run completed "
+                          "on all training images, on these pictures (none: the first test car)")
     out.add_argument("--run", metavar="FOLDER", help="--predict: the run folder to load")
     return p
 

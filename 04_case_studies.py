@@ -780,7 +780,8 @@ def cost_3x3_vs_5x5():
     (p3, m3), (p5, m5) = [(common.count_params(SmallVGG(k)), image_macs(SmallVGG(k)))
                           for k in (3, 5)]
     return f"3x3: {p3:,} params, {m3 / 1e6:.1f}M mult-adds; 5x5: {p5:,}, {m5 / 1e6:.1f}M", \
-        p3 < p5 and m3 < m5
+        p3 < p5 and m3 < m5, {"parameters": {"two 3x3": p3, "one 5x5": p5},
+                              "mult-adds per image": {"two 3x3": m3, "one 5x5": m5}}
 
 
 # Each (activation, setup)'s lr: the lowest training error after 3 epochs on the quick
@@ -910,9 +911,10 @@ CLAIMS = {
 def decide(part, results, quick):
     """One part under the one rule: name, rule, ours, verdict, reason (and the numbers)."""
     if "fixed" in part:
-        ours, true = part["fixed"]()
+        ours, true, numbers = part["fixed"]()
         return dict(name=part["name"], rule="arithmetic, no seeds: holds when it is true",
-                    ours=ours, verdict="holds" if true else "contradicted", reason=None)
+                    ours=ours, verdict="holds" if true else "contradicted", reason=None,
+                    numbers=numbers)
     read, lower = METRICS[part["metric"]]
     a, b, same = part["better"], part["than"], part.get("same")
     rule = (f"|{a}'s mean {part['metric']} - {b}'s| + the seed spread under {SAME:g}" if same
@@ -1028,13 +1030,17 @@ def measure_claim(name, args, device, precision):
              ("val accuracy (%)", {r: [res["val_accs"] for res in v]
                                    for r, v in results.items()}, epochs)],
             f"{title}\n{len(seeds)} seeds: band = min-max{common.data_tag(kind)}")
-    else:  # nothing trained: the arithmetic parts, as text
+    else:  # nothing trained: the arithmetic parts' numbers, as bars
         os.rmdir(folder)  # no empty run folder; NAME.json is the same every time
-        fig, ax = common.subplots(figsize=(8, 1.6))
-        ax.axis("off")
-        ax.text(0, 0.5, "\n".join(textwrap.fill(f"part {i}: {p['ours']}", 90)
-                                  for i, p in enumerate(decided, 1)), va="center")
-        fig.suptitle(title)
+        bars = [(f"part {i}: {k}", v) for i, p in enumerate(decided, 1) for k, v in
+                p.get("numbers", {}).items()]
+        fig, axes = common.subplots(1, len(bars), figsize=(4 * len(bars), 3.2), squeeze=False)
+        for ax, (label, values) in zip(axes[0], bars):
+            ax.bar_label(ax.bar(list(values), list(values.values()), color=["C0", "C1"]),
+                         labels=[f"{v:,}" for v in values.values()])
+            ax.set(title=label, ylim=(0, 1.15 * max(values.values())), yticks=[])
+        fig.suptitle("\n".join([title] + [f"part {i}: {p['name']}" for i, p in
+                                           enumerate(decided, 1) if "numbers" in p]))
     common.save_figure(fig, folder + ".png", args.show)
     print(f"saved {folder}.json, {folder}.png")
     return 0

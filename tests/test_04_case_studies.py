@@ -250,9 +250,13 @@ def test_small_inception_shapes_parameters_and_the_2x2():
     assert set(cs.CLAIMS["aux"]["runs"]) == {"plain", "plain_aux", "bn", "bn_aux"}
 
 
+@pytest.mark.usefixtures("figures_fit_their_canvas")
 def test_a_part_only_the_full_budget_can_power_trains_nothing_at_quick(tmp_path, capsys,
                                                                        monkeypatch):
     monkeypatch.setattr(common, "train_and_save", lambda *a, **k: pytest.fail("trained"))
+    figures, save = [], common.save_figure
+    monkeypatch.setattr(common, "save_figure", lambda fig, *a: figures.append(fig) or
+                        save(fig, *a))
     assert cs.main(["--claim", "3x3", "--out-dir", str(tmp_path)]) == 0  # arithmetic decides
     folder = tmp_path / "04_case_studies" / "claims"
     record = json.loads((folder / "3x3.json").read_text())
@@ -261,6 +265,10 @@ def test_a_part_only_the_full_budget_can_power_trains_nothing_at_quick(tmp_path,
         "holds for part 1; part 2 needs --budget full"  # the file says what the line says
     assert "verdict: holds for part 1; part 2 needs --budget full (" in capsys.readouterr().out
     assert (folder / "3x3.png").stat().st_size > 0 and not (folder / "3x3").exists()
+    nets = [cs.SmallVGG(3), cs.SmallVGG(5)]  # 3x3.png: the cost part as bars, 3x3 beside 5x5
+    assert [[b.get_height() for b in ax.patches] for ax in figures[0].axes] == [
+        [common.count_params(n) for n in nets], [cs.image_macs(n) for n in nets]]
+    assert [t.get_text() for t in figures[0].axes[0].get_xticklabels()] == ["two 3x3", "one 5x5"]
     degradation = cs.CLAIMS["degradation"]["parts"]
     assert [bool(p.get("full_because")) for p in degradation] == [False, True, True]
 
