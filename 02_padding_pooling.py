@@ -95,7 +95,7 @@ def plot_pooling(img, path, show):
     keeps a thin line at full strength, the average of its 2x2 window turns it grey."""
     lines = torch.full((1, 3, 32, 32), -1.0)                # black, on the [-1, 1] scale
     lines[..., 5::8, :], lines[..., :, 2::8] = 1.0, 1.0     # white lines, 1 pixel wide
-    fig, axes = common.subplots(2, 4, figsize=(8.4, 4.7))
+    fig, axes = common.subplots(2, 4, figsize=(8.4, 5.2))
     for row, x in zip(axes, (img.unsqueeze(0), lines)):
         panels = [("input 32x32", x), ("max pool 2x2: 16x16", F.max_pool2d(x, 2)),
                   ("avg pool 2x2: 16x16", F.avg_pool2d(x, 2)),
@@ -103,7 +103,10 @@ def plot_pooling(img, path, show):
         for ax, (title, t) in zip(row, panels):
             ax.imshow(common.unnormalize(t[0]).permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.set_title(title, fontsize=9)
-            ax.axis("off")
+            ax.set(xticks=[], yticks=[])  # a frame, not axis("off"): where the white lines end
+    fig.supxlabel("bottom: white lines 1 pixel wide on black. Max pool keeps a line full white "
+                  "(and twice as thick, relative\nto the smaller image); average pool mixes it "
+                  "with the black of its 2x2 window: grey, light grey where lines cross", size=9)
     return common.save_figure(fig, path, show)
 
 

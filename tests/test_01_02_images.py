@@ -139,6 +139,17 @@ def test_script_runs_offline_and_saves_figures(script, figures, tmp_path, capsys
         assert (folder / name).stat().st_size > 0, name
 
 
+def test_pooling_figure_says_what_its_row_of_lines_shows(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(common, "save_figure", lambda fig, *a: figures.append(fig))
+    pad.plot_pooling(torch.zeros(3, 32, 32), str(tmp_path / "pooling.png"), False)
+    fig = figures[0]
+    values = [set(np.unique(ax.get_images()[0].get_array())) for ax in fig.axes[4:7]]
+    assert values == [{0, 1}, {0, 1}, {0, 0.5, 0.75}]  # lines; max: white; avg: greys
+    assert "white lines 1 pixel wide on black" in fig._supxlabel.get_text()
+    assert "grey, light grey where lines cross" in fig._supxlabel.get_text()
+
+
 def test_own_image_is_used(tmp_path, capsys):
     from PIL import Image
 
