@@ -76,9 +76,8 @@ def conv_params(c_in, c_out, k):
 
 
 def plot_equivariance(x, k, shift, path, show):
-    y = corr1d(x, k)
     xs = np.roll(x, shift)
-    ys = corr1d(xs, k)
+    y, ys = corr1d(x, k), corr1d(xs, k)
     fig, axes = common.subplots(2, 1, figsize=(7, 4.8), sharex=True)
     axes[0].plot(x, "o-", label="input x")
     axes[0].plot(xs, "s--", label=f"x shifted by {shift}")
@@ -116,9 +115,7 @@ def plot_maps(maps, titles, path, suptitle, show, cmap="gray"):
         im = ax.imshow(m.detach().cpu().numpy(), cmap=cmap)
         fig.colorbar(im, ax=ax, shrink=0.8)
         ax.set_title(t, fontsize=9)
-        size = m.shape[-1]
-        ax.set_xticks([0, size - 1])
-        ax.set_yticks([0, size - 1])
+        ax.set(xticks=[0, m.shape[-1] - 1], yticks=[0, m.shape[-2] - 1])
         ax.tick_params(labelsize=7)
     fig.suptitle(suptitle, fontsize=10)
     return common.save_figure(fig, path, show)

@@ -198,11 +198,10 @@ def plot_confusion(matrix, classes, title="confusion matrix (test)"):
     im = ax.imshow(matrix.numpy(), cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
-    for (i, j), value in zip(torch.cartesian_prod(torch.arange(len(classes)),
-                                                  torch.arange(len(classes))).tolist(),
-                             matrix.flatten().tolist()):
-        ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                color="white" if value > matrix.max().item() / 2 else "black")
+    for i, row in enumerate(matrix.tolist()):  # the count in each cell, white on dark blue
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                    color="white" if value > matrix.max().item() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="test images")
     return fig
@@ -240,8 +239,7 @@ def plot_filters(weight, start, title=""):
     w = weight.detach().float().cpu()                                  # (16, 3, 3, 3)
     fig, axes = common.subplots(2, 2, figsize=(8, 3.6))
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
     if not torch.isfinite(w).all():
         fig.text(0.5, 0.45, "the weights are NaN or infinite: the run diverged",
                  ha="center", va="center")
@@ -357,9 +355,7 @@ def crop_field(image, box, field, fill=128):
 
 def mosaic(tiles, per_row=3, gap=1, fill=float("nan")):
     """Tiles (C, f, f) laid out per_row to a row with a gap of `fill`, as (H, W, C)."""
-    c, f = tiles[0].shape[0], tiles[0].shape[-1]
-    rows = -(-len(tiles) // per_row)
-    dtype = tiles[0].dtype
+    (c, _, f), dtype, rows = tiles[0].shape, tiles[0].dtype, -(-len(tiles) // per_row)
     fill = 255 if dtype == torch.uint8 else fill  # uint8 images: a white gap
     out = torch.full((c, rows * (f + gap) - gap, per_row * (f + gap) - gap), fill, dtype=dtype)
     for n, tile in enumerate(tiles):

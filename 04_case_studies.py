@@ -86,8 +86,7 @@ class AlexNet(nn.Module):
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Dropout(dropout), nn.Linear(256 * 4 * 4, 1024),
             nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(1024, 1024),
-            nn.ReLU(inplace=True),
-            nn.Linear(1024, num_classes))
+            nn.ReLU(inplace=True), nn.Linear(1024, num_classes))
         he_init(self)
 
     def forward(self, x):            # (B, 3, 32, 32)
@@ -119,12 +118,8 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 stages.append(nn.Sequential(*layers))
                 layers = []
-            else:
-                layers.append(nn.Conv2d(c_in, v, 3, padding=1, bias=not batch_norm))
-                if batch_norm:
-                    layers.append(nn.BatchNorm2d(v))
-                layers.append(nn.ReLU(inplace=True))
-                c_in = v
+            else:  # conv, BN if batch_norm, ReLU
+                layers, c_in = layers + list(conv_bn(c_in, v, 3, bn=batch_norm)), v
         self.features = nn.Sequential(OrderedDict(
             (f"stage{i}", stage) for i, stage in enumerate(stages, 1)))
         side = 32 >> len(stages)  # each pool halves the 32x32 map
@@ -338,9 +333,7 @@ class ResNet(nn.Module):
         if (depth - 2) % 6:
             raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(16), nn.ReLU(inplace=True))
-        stages, c_in = [], 16
+        self.stem, stages, c_in = conv_bn(3, 16, 3), [], 16
         for i, c in enumerate((16, 32, 64)):
             blocks = [block(c_in, c, 2 if i > 0 else 1, residual)]
             blocks += [block(c, c, 1, residual) for _ in range(n - 1)]
@@ -1036,8 +1029,7 @@ def measure_claim(name, args, device, precision):
                 p.get("numbers", {}).items()]
         fig, axes = common.subplots(1, len(bars), figsize=(4 * len(bars), 3.2), squeeze=False)
         for ax, (label, values) in zip(axes[0], bars):
-            ax.bar_label(ax.bar(list(values), list(values.values()), color=["C0", "C1"]),
-                         labels=[f"{v:,}" for v in values.values()])
+            ax.bar_label(ax.bar(*zip(*values.items()), color=["C0", "C1"]), fmt="{:,.0f}")
             ax.set(title=label, ylim=(0, 1.15 * max(values.values())), yticks=[])
         fig.suptitle("\n".join([title] + [f"part {i}: {p['name']}" for i, p in
                                            enumerate(decided, 1) if "numbers" in p]))

@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import hashlib
 import http.client
+import itertools
 import json
 import math
 import os
@@ -419,7 +420,7 @@ def launch(main):
         for sig in STOP_SIGNALS:  # `kill` and a closed terminal stop like Ctrl-C
             signal.signal(sig, signal.default_int_handler)
         try:
-            code = main()
+            code, line = main(), None
             print(end="", flush=True)  # in the try: a reader that went away is an OSError too
         except UsageError as err:
             code, line = 2, f"error: {err}"
@@ -434,8 +435,6 @@ def launch(main):
                     or "allocate memory" in str(err)):
                 raise
             code, line = 1, "error: out of memory; use a smaller batch size or --limit"
-        else:
-            line = None
         if line:
             print(line, file=sys.stderr)
     sys.exit(code)
@@ -640,8 +639,8 @@ class Progress:
     def __init__(self, epochs=None, first=3, every=60):
         self.tty = sys.stdout is not None and sys.stdout.isatty()
         self.epochs, self.start = epochs, time.perf_counter()
-        self.shown, self.wait, self.every = self.start, first, 0.5 if self.tty else every
-        self.drawn = False
+        self.shown, self.wait, self.drawn = self.start, first, False
+        self.every = 0.5 if self.tty else every
 
     def show(self, text, force=False):
         now = time.perf_counter()
@@ -970,13 +969,10 @@ def add_output_args(parser, default_name=None):
 
 def reserve(path):
     """A new empty folder: path, else path-2, path-3, ... (atomic: two runs never share one)."""
-    n = 1
-    while True:
-        try:
-            os.makedirs(f"{path}-{n}" if n > 1 else path)
-            return f"{path}-{n}" if n > 1 else path
-        except FileExistsError:
-            n += 1
+    for name in itertools.chain([path], (f"{path}-{n}" for n in itertools.count(2))):
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(name)
+            return name
 
 
 def write_atomic(path, write, mode="w"):
@@ -1097,9 +1093,7 @@ def plot_curves(panels, title=""):
 
 class Checks:
     """Prints each 'check: ... OK/FAIL' line and counts failures for the exit code."""
-
-    def __init__(self):
-        self.failed = 0
+    failed = 0
 
     def __call__(self, what, ok, detail=""):
         self.failed += not ok
