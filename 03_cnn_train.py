@@ -4,7 +4,7 @@
     python 03_cnn_train.py --epochs 10          # a shorter run
     python 03_cnn_train.py --lr 0.1 0.03 0.01   # the lecture's exp1_lr: one run per lr
     python 03_cnn_train.py --act relu tanh      # one run per activation, compared
-    python 03_cnn_train.py --predict cat.jpg    # the newest trained CNN on your own picture
+    python 03_cnn_train.py --predict cat.jpg    # your newest full run's CNN on your picture
 
 Everything a run makes goes to a new folder runs/<exp-name>/ (see README).
 """

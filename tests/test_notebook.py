@@ -1,11 +1,13 @@
 """Where most students run this: a real Jupyter kernel (ipykernel, inline backend), driven
 cell by cell as README's "In Colab or Jupyter" section shows, and a plain runpy run. The
 kernel starts without MPLBACKEND, so matplotlib is inline there as in a student's notebook."""
+import base64
 import json
 import os
 import random
 import re
 import runpy
+import shutil
 import signal
 import socket
 import sys
@@ -45,6 +47,7 @@ class Kernel:
 
     def run(self, code, when=None, timeout=600):
         msg_id, text, images, error = self.kc.execute(code), "", 0, None
+        self.pngs = []  # the PNGs shown, base64
         while True:
             msg = self.kc.get_iopub_msg(timeout=timeout)
             if msg["parent_header"].get("msg_id") != msg_id:
@@ -53,7 +56,9 @@ class Kernel:
             if kind == "status" and content["execution_state"] == "idle":
                 return text, images, error
             text += content.get("text", "") if kind == "stream" else ""
-            images += kind in ("display_data", "execute_result") and "image/png" in content["data"]
+            if kind in ("display_data", "execute_result") and "image/png" in content["data"]:
+                images += 1
+                self.pngs.append(content["data"]["image/png"])
             error = content["ename"] if kind == "error" else error
             if when and when[0] in text:
                 when[1]()
@@ -99,7 +104,15 @@ def test_percent_run_shows_every_figure_once_and_leaves_the_notebook_as_it_was(k
         assert k.run(OWN_PLOT)[1] == 1, script  # the student's own plot still shows
     assert shown == {"01_convolution.py": 4, "02_padding_pooling.py": 2, "03_cnn_train.py": 7,
                      "04_case_studies.py": 2}
+    runs = f"{tmp}/synthetic"  # the run just made went to cnn-2; older runs in cnn and cnn-3
+    os.rename(f"{runs}/cnn", f"{runs}/cnn-2")
+    made = f"{runs}/cnn-2/accuracy.png"
+    for old in ("cnn", "cnn-3"):
+        os.makedirs(f"{runs}/{old}")
+        shutil.copy(f"{runs}/cnn-2/loss.png", f"{runs}/{old}/accuracy.png")
+        os.utime(f"{runs}/{old}/accuracy.png", (1e9, 1e9))
     assert k.run(f"{cells[1].replace('runs/', f'{tmp}/synthetic/')}")[1] == 1  # a saved one
+    assert base64.b64decode(k.pngs[0]) == open(made, "rb").read()  # the run just made
     last = cells[2].replace('"auto", limit=5000', '"synthetic", limit=256, log=print')
     text, images, error = k.run(last)
     assert error is None and images == 1, text  # the returned figure shows exactly once
