@@ -76,8 +76,9 @@ def conv_params(c_in, c_out, k):
 
 
 def plot_equivariance(x, k, shift, path, show):
+    y = corr1d(x, k)
     xs = np.roll(x, shift)
-    y, ys = corr1d(x, k), corr1d(xs, k)
+    ys = corr1d(xs, k)
     fig, axes = common.subplots(2, 1, figsize=(7, 4.8), sharex=True)
     axes[0].plot(x, "o-", label="input x")
     axes[0].plot(xs, "s--", label=f"x shifted by {shift}")

@@ -66,7 +66,8 @@ def halve_and_double(c=64, size=32, stages=3):
     for i in range(stages):
         ci, hi = c * 2 ** i, size // 2 ** i
         conv = nn.Conv2d(ci, ci, 3, padding=1, bias=False)
-        rows.append({"stage": i + 1, "h": hi, "w": hi, "c": ci, "memory": hi * hi * ci,
+        rows.append({"stage": i + 1, "h": hi, "w": hi, "c": ci,
+                     "memory": hi * hi * ci,
                      "params": sum(p.numel() for p in conv.parameters()),
                      "macs_formula": ci * hi * hi * ci * 9,
                      "macs": common.count_macs(conv, torch.zeros(1, ci, hi, hi))})

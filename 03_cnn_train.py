@@ -355,7 +355,9 @@ def crop_field(image, box, field, fill=128):
 
 def mosaic(tiles, per_row=3, gap=1, fill=float("nan")):
     """Tiles (C, f, f) laid out per_row to a row with a gap of `fill`, as (H, W, C)."""
-    (c, _, f), dtype, rows = tiles[0].shape, tiles[0].dtype, -(-len(tiles) // per_row)
+    c, f = tiles[0].shape[0], tiles[0].shape[-1]
+    rows = -(-len(tiles) // per_row)
+    dtype = tiles[0].dtype
     fill = 255 if dtype == torch.uint8 else fill  # uint8 images: a white gap
     out = torch.full((c, rows * (f + gap) - gap, per_row * (f + gap) - gap), fill, dtype=dtype)
     for n, tile in enumerate(tiles):

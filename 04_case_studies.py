@@ -118,8 +118,9 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 stages.append(nn.Sequential(*layers))
                 layers = []
-            else:  # conv, BN if batch_norm, ReLU
-                layers, c_in = layers + list(conv_bn(c_in, v, 3, bn=batch_norm)), v
+            else:
+                layers += conv_bn(c_in, v, 3, bn=batch_norm)  # conv, BN if batch_norm, ReLU
+                c_in = v
         self.features = nn.Sequential(OrderedDict(
             (f"stage{i}", stage) for i, stage in enumerate(stages, 1)))
         side = 32 >> len(stages)  # each pool halves the 32x32 map
@@ -333,7 +334,8 @@ class ResNet(nn.Module):
         if (depth - 2) % 6:
             raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
         n = (depth - 2) // 6
-        self.stem, stages, c_in = conv_bn(3, 16, 3), [], 16
+        self.stem = conv_bn(3, 16, 3)
+        stages, c_in = [], 16
         for i, c in enumerate((16, 32, 64)):
             blocks = [block(c_in, c, 2 if i > 0 else 1, residual)]
             blocks += [block(c, c, 1, residual) for _ in range(n - 1)]
