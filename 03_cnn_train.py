@@ -414,35 +414,33 @@ def plot_features(image, maps, title=""):
 # ----------------------------------------------------------------------------- your own picture
 
 def predict(args):
-    """--predict: the trained CNN of a run (--run's, else find_runs' first) on pictures
+    """--predict: the trained CNN of a run (--run's, else the best of find_runs) on pictures
     prepared as 01 prepares --image; prints the top 3 classes, saves predict_<name>.png."""
     data = "synthetic" if args.data == "synthetic" else "cifar10"
     runs = find_runs(args.out_dir, data)
-    if not (args.run or runs):
+    if args.run:
+        path = os.path.join(args.run, "model.pt")
+        if not os.path.isfile(path):
+            raise common.UsageError(f"--run {args.run}: no model.pt there; give a folder of a "
+                                    f"03_cnn_train.py run")
+        rank, folder, (net, saved) = None, args.run, load_model(path)
+    elif runs:
+        rank, folder, net, saved = max(runs, key=lambda run: run[0])
+    else:
         raise common.UsageError(f"no trained model under {args.out_dir}/: train one first "
                                 f"(python 03_cnn_train.py --epochs 10), or give --run FOLDER")
-    rank, folder, _ = (None, args.run, None) if args.run else max(runs)
-    path = os.path.join(folder, "model.pt")
-    if not os.path.isfile(path):
-        raise common.UsageError(f"--run {folder}: no model.pt there; give a folder of a "
-                                f"03_cnn_train.py run")
-    try:  # text, empty, cut short, another net's or program's file: one kind of fault
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        net = CNN(saved["num_classes"], "pytorch", saved["act"])
-        net.load_state_dict(saved["state_dict"])
-        tag, classes, acc = common.data_tag(saved["data"]), saved["classes"], saved["test_acc"]
-    except Exception as err:
-        raise common.UsageError(f"{path} is not a model.pt of this CNN, or is damaged "
-                                f"({common.short_error(err)}); train again (python "
-                                f"03_cnn_train.py --epochs 10) or give --run FOLDER") from None
+    tag, classes, acc = common.data_tag(saved["data"]), saved["classes"], saved["test_acc"]
     name, limit = "CIFAR-10" if data == "cifar10" else "synthetic", saved.get("limit")
     why = "given by --run" if rank is None else f"the newest run that completed on all {name} " \
         "training images" if all(rank[:3]) else f"no run here completed on all {name} training " \
         "images: the nearest"
-    tested = f"test acc {acc}%" if acc is not None else f"not tested: run {saved.get('status')}"
+    tested = f"test acc {acc}%" if acc is not None else \
+        f"not tested: run {saved.get('status', 'stopped early')}"  # older files: no status
     limit = f" --limit {limit}" if limit else ""
-    print(f"model: {path}, {why} (trained on {saved['data']}{limit}, {tested}){tag}")
-    best = max(((a, f) for r, f, a in runs if r[0] and a is not None), default=(0, None))
+    print(f"model: {os.path.join(folder, 'model.pt')}, {why} (trained on {saved['data']}{limit}, "
+          f"{tested}){tag}")
+    best = max(((s["test_acc"], f) for r, f, _, s in runs if r[0] and s["test_acc"] is not None),
+               default=(0, None))
     if acc is None or acc < 50:  # the lecture's CNN reaches ~80% in 40 epochs
         weak = "untested" if acc is None else f"weak (chance is {100 / len(classes):g}%)"
         print(f"warning: this net is {weak}; " + (f"{best[1]} has test acc {best[0]}%: "
@@ -470,17 +468,33 @@ def predict(args):
     return 0
 
 
+def load_model(path):
+    """(net, saved dict) from a run's model.pt; one line (UsageError) when the file is text,
+    empty, cut short, or another net's or program's."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net = CNN(saved["num_classes"], "pytorch", saved["act"])
+        net.load_state_dict(saved["state_dict"])
+        if not {"data", "classes", "test_acc"} <= set(saved):
+            raise KeyError("no data, classes or test_acc")
+        return net, saved
+    except Exception as err:
+        raise common.UsageError(f"{path} is not a model.pt of this CNN, or is damaged "
+                                f"({common.short_error(err)}); train again (python "
+                                f"03_cnn_train.py --epochs 10) or give --run FOLDER") from None
+
+
 def find_runs(out_dir, data):
-    """(rank, folder, test acc) of each run under out_dir whose model.pt loads. The highest rank
-    is what a student means by "my trained CNN": the newest run on `data` (CIFAR-10 or
-    synthetic) that completed on all its images (no --limit), else the nearest to that."""
+    """(rank, folder, net, saved) of each run under out_dir whose model.pt load_model reads.
+    The highest rank is what a student means by "my trained CNN": the newest run on `data`
+    (CIFAR-10 or synthetic) that completed on all its images (no --limit), else the nearest."""
     runs = []
     for path in glob.glob(os.path.join(glob.escape(out_dir), "**", "model.pt"), recursive=True):
-        with contextlib.suppress(Exception):  # a damaged file is no candidate
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            runs.append(((saved["data"] == data, saved.get(
-                "status", "completed") == "completed", saved.get("limit") is None,
-                os.path.getmtime(path)), os.path.dirname(path), saved["test_acc"]))
+        with contextlib.suppress(common.UsageError):  # a damaged file is no candidate
+            net, saved = load_model(path)
+            runs.append(((saved["data"] == data, saved.get("status", "completed") == "completed",
+                          saved.get("limit") is None, os.path.getmtime(path)),
+                         os.path.dirname(path), net, saved))
     return runs
 
 

@@ -633,13 +633,13 @@ def print_table(rows, columns, tag=""):
 
 class Progress:
     """One line of progress, redrawn in place on a terminal (every 0.5 s); into a file, a pipe
-    or a notebook, a plain line `first` s in, then every `every` s. As experiment's progress=
+    or a notebook, a plain line 3 s in, then every `every` s. As experiment's progress=
     (loader, epoch): the batch and the time left of an `epochs`-epoch run."""
 
-    def __init__(self, epochs=None, first=3, every=60):
+    def __init__(self, epochs=None, every=60):
         self.tty = sys.stdout is not None and sys.stdout.isatty()
         self.epochs, self.start = epochs, time.perf_counter()
-        self.shown, self.wait, self.drawn = self.start, first, False
+        self.shown, self.wait, self.drawn = self.start, 3, False
         self.every = 0.5 if self.tty else every
 
     def show(self, text, force=False):
@@ -788,7 +788,7 @@ def fetch(url, part, host, keep):
         done = done if getattr(response, "status", None) == 206 else 0
         os.makedirs(os.path.dirname(part) or ".", exist_ok=True)
         with open(part, "ab" if done else "wb") as f:
-            start, got, line = time.perf_counter(), 0, Progress(first=3, every=10)
+            start, got, line = time.perf_counter(), 0, Progress(every=10)
             try:
                 while chunk := response.read1(1 << 16):  # what has come, at most 64 kB
                     f.write(chunk)

@@ -153,14 +153,17 @@ def test_the_default_picture_is_the_first_test_car_which_no_run_trained_on(train
 
 def test_predict_takes_the_newest_completed_full_run_and_says_which_and_why(trained, tmp_path,
                                                                            capsys):
-    """A quick --limit run, a stopped run, a damaged file and a CIFAR-10 run, all newer than
-    the one full completed synthetic run: --predict --data synthetic takes that one."""
+    """A quick --limit run, a stopped run, a damaged file, a CIFAR-10 run and another net's
+    weights, all newer than the one full completed synthetic run: --predict --data synthetic
+    takes that one."""
     _, folder = trained
     saved = torch.load(folder / "model.pt", weights_only=True)
     runs = {"full": dict(limit=None, test_acc=61.0), "mid": dict(limit=500, test_acc=40.0),
             "quick": dict(limit=2000, test_acc=15.0),
             "stopped": dict(limit=None, test_acc=None, status="interrupted"),
-            "broken": None, "cifar": dict(limit=None, test_acc=80.0, data="cifar10")}
+            "broken": None, "cifar": dict(limit=None, test_acc=80.0, data="cifar10"),
+            "foreign": dict(limit=None, test_acc=99.0,
+                            state_dict=torch.nn.Linear(2, 2).state_dict())}
     for age, (name, change) in enumerate(runs.items()):
         (tmp_path / name).mkdir()
         path = tmp_path / name / "model.pt"
